@@ -1,0 +1,85 @@
+"""Atomic checkpoint writing and strict state-dict loading."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from msadkit.errors import CheckpointError
+
+__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict"]
+
+
+def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
+    """Save ``obj`` with :func:`torch.save` so that ``path`` is either the old file or the new one.
+
+    The data go to a temporary file in the same folder first and are then moved over ``path`` with
+    :func:`os.replace`, which is atomic on POSIX and Windows; an interrupted save leaves no
+    half-written checkpoint behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+    return path
+
+
+def load_checkpoint_file(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file into a dict on the CPU, with a clear error if it cannot be read."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise CheckpointError(f"checkpoint file {path} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"checkpoint file {path} holds a {type(data).__name__}, expected a dict")
+    return data
+
+
+def _format_keys(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state_dict`` into ``model``; any missing, unexpected or misshapen key is an error.
+
+    Args:
+        model: the module to fill.
+        state_dict: parameter and buffer tensors by name.
+        source: where the weights come from (a file path), named in the error message.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        f"{k} (checkpoint {tuple(state_dict[k].shape)}, model {tuple(own[k].shape)})"
+        for k in set(own) & set(state_dict)
+        if tuple(own[k].shape) != tuple(state_dict[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_format_keys(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_format_keys(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_format_keys(mismatched)}")
+    if problems:
+        raise CheckpointError(f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems))
+    model.load_state_dict(state_dict, strict=True)
