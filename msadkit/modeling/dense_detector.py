@@ -1,0 +1,130 @@
+"""Base class of the one-stage detectors (FCOS, RetinaNet).
+
+The split follows detectron2's ``DenseDetector``: the head only predicts; target assignment, losses
+and post-processing are methods of the detector that take the raw per-level predictions. A
+distiller calls :meth:`DenseDetector.extract_features`, :meth:`DenseDetector.predict` and
+:meth:`DenseDetector.losses` itself and so sees features and predictions of both models.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from msadkit.errors import InputError
+
+__all__ = ["DenseDetector", "check_images", "permute_to_nhwk"]
+
+
+def check_images(images: Tensor) -> None:
+    """Raise :class:`InputError` unless ``images`` is a finite float (N, 3, H, W) tensor."""
+    if not isinstance(images, Tensor):
+        raise InputError(f"images must be a Tensor of shape (N, 3, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise InputError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise InputError(f"images must be a floating point tensor, got {images.dtype}")
+    if not torch.isfinite(images).all():
+        bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+        raise InputError(f"images contain inf or NaN values (batch indices {bad})")
+
+
+def permute_to_nhwk(tensor: Tensor, k: int) -> Tensor:
+    """Reshape a head output ``(N, A*K, H, W)`` to ``(N, H*W*A, K)``."""
+    n, _, h, w = tensor.shape
+    return tensor.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
+
+
+class DenseDetector(nn.Module):
+    """A backbone with FPN, a dense head and the glue between them.
+
+    Subclasses implement :meth:`losses` and :meth:`postprocess`.
+
+    Args:
+        backbone: module mapping images ``(N, 3, H, W)`` to a dict of FPN maps (``"p2".."p7"``).
+        head: module mapping a list of per-level maps to a dict of per-level raw predictions.
+        in_features: names of the FPN levels the head runs on, finest first.
+        strides: stride of each level in ``in_features`` in input pixels. A low-resolution MSAD
+            branch runs on ``p2..p6`` of a half-size image with the high-resolution strides
+            ``(8, ..., 128)``.
+        num_classes: number of foreground classes.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        in_features: Sequence[str],
+        strides: Sequence[int],
+        num_classes: int,
+    ) -> None:
+        super().__init__()
+        if len(in_features) != len(strides):
+            raise ValueError(f"in_features {tuple(in_features)} and strides {tuple(strides)} differ in length")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.backbone = backbone
+        self.head = head
+        self.in_features = tuple(in_features)
+        self.strides = tuple(int(s) for s in strides)
+        self.num_classes = int(num_classes)
+
+    def extract_features(self, images: Tensor) -> dict[str, Tensor]:
+        """Run backbone and FPN: ``(N, 3, H, W)`` -> dict of ``(N, C, Hi, Wi)`` maps."""
+        check_images(images)
+        return self.backbone(images)
+
+    def select_levels(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """The maps of ``in_features`` in order."""
+        return [features[name] for name in self.in_features]
+
+    def predict(self, levels: list[Tensor]) -> dict[str, list[Tensor]]:
+        """Raw per-level head predictions for a list of ``(N, C, Hi, Wi)`` maps."""
+        return self.head(levels)
+
+    def losses(
+        self,
+        predictions: dict[str, list[Tensor]],
+        targets: list[dict[str, Tensor]],
+        image_shape: tuple[int, int],
+        strides: Sequence[int] | None = None,
+    ) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def postprocess(
+        self,
+        predictions: dict[str, list[Tensor]],
+        image_sizes: list[tuple[int, int]],
+        image_shape: tuple[int, int],
+        strides: Sequence[int] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def forward(
+        self,
+        images: Tensor,
+        image_sizes: list[tuple[int, int]] | None = None,
+        targets: list[dict[str, Tensor]] | None = None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """Losses in training mode (``targets`` required), detections in eval mode.
+
+        Args:
+            images: ``(N, 3, H, W)`` normalised, padded batch.
+            image_sizes: valid ``(h, w)`` per image; defaults to the padded size.
+            targets: per image ``{"boxes": (M, 4) xyxy, "labels": (M,)}``.
+        """
+        features = self.extract_features(images)
+        predictions = self.predict(self.select_levels(features))
+        image_shape = (images.shape[-2], images.shape[-1])
+        if self.training:
+            if targets is None:
+                raise InputError("targets are required in training mode")
+            if len(targets) != images.shape[0]:
+                raise InputError(f"got {len(targets)} targets for a batch of {images.shape[0]} images")
+            return self.losses(predictions, targets, image_shape)
+        if image_sizes is None:
+            image_sizes = [image_shape] * images.shape[0]
+        return self.postprocess(predictions, image_sizes, image_shape)
