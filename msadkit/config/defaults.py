@@ -1,0 +1,150 @@
+"""Every config key the kit knows, with its default value.
+
+A config file may set only keys that appear here (or under the free-form ``distill.losses`` list);
+an unknown key is an error that names it, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+__all__ = ["DEFAULTS", "default_config", "FREE_FORM_KEYS"]
+
+# Keys whose values are free-form (lists of dicts, arbitrary mappings) and are not checked
+# against DEFAULTS below them.
+FREE_FORM_KEYS = ("distill.losses",)
+
+DEFAULTS: dict[str, Any] = {
+    # A short label used in AP tables: fcos, retinanet, msad_teacher, msad_student, ...
+    "method": "fcos",
+    # baseline | teacher | student
+    "role": "baseline",
+    "schedule": "",
+    "model": {
+        # fcos | retinanet | msad_teacher | msad_student
+        "arch": "fcos",
+        "num_classes": 80,
+        "backbone": {
+            # slimmable_resnet50 | resnet50 | resnet101
+            "name": "slimmable_resnet50",
+            "width": 1.0,
+            "norm": "BN",
+            # Checkpoint to initialise the bottom-up network from (slimmable or torchvision format).
+            "weights": None,
+            "freeze_at": 0,
+        },
+        "fpn": {
+            "out_channels": 256,
+            "norm": "",
+            # P6/P7 from C5 ("res5", FCOS/MSAD) or from P5 ("p5", torchvision RetinaNet)
+            "top_block": "res5",
+        },
+        # Which input the detector sees: high (the resized image) or low (its 0.5x copy).
+        "resolution": "high",
+        "fcos": {
+            "num_convs": 4,
+            "norm": "GN",
+            "prior_prob": 0.01,
+            "center_sampling_radius": 1.5,
+            "focal_alpha": 0.25,
+            "focal_gamma": 2.0,
+            "score_thresh": 0.05,
+            "topk_candidates": 1000,
+            "nms_thresh": 0.6,
+            "detections_per_image": 100,
+        },
+        "retinanet": {
+            "num_convs": 4,
+            "norm": "",
+            "prior_prob": 0.01,
+            "anchor_base_sizes": [32, 64, 128, 256, 512],
+            "aspect_ratios": [0.5, 1.0, 2.0],
+            "iou_thresholds": [0.4, 0.5],
+            "focal_alpha": 0.25,
+            "focal_gamma": 2.0,
+            "smooth_l1_beta": 0.1,
+            "score_thresh": 0.05,
+            "topk_candidates": 1000,
+            "nms_thresh": 0.5,
+            "detections_per_image": 100,
+        },
+        "msad": {
+            # Weight of the fused-branch FCOS loss in the teacher loss.
+            "fused_loss_weight": 0.4,
+            "fusion_reduction": 16,
+            # Which teacher branch inference uses: fused | high | low
+            "eval_branch": "fused",
+        },
+    },
+    "data": {
+        # synthetic | coco
+        "dataset": "synthetic",
+        "train_json": None,
+        "train_images": None,
+        "val_json": None,
+        "val_images": None,
+        "synthetic": {
+            "root": None,
+            "num_train": 256,
+            "num_val": 64,
+            "num_unlabeled": 0,
+            "image_size": 256,
+            "seed": 0,
+        },
+        "train_short_sides": [640, 672, 704, 736, 768, 800],
+        "train_max_size": 1333,
+        "test_short_side": 800,
+        "test_max_size": 1333,
+        "flip_prob": 0.5,
+        "size_divisibility": 32,
+        "pixel_mean": [123.675, 116.28, 103.53],
+        "pixel_std": [58.395, 57.12, 57.375],
+        "num_workers": 2,
+    },
+    "solver": {
+        # Images per process.
+        "batch_size": 16,
+        "base_lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 1e-4,
+        "max_iter": 90000,
+        "steps": [60000, 80000],
+        "gamma": 0.1,
+        "warmup_iters": 500,
+        "warmup_factor": 0.001,
+        # 0 disables clipping.
+        "clip_grad_norm": 0.0,
+    },
+    "trainer": {
+        # auto | cpu | gpu
+        "accelerator": "auto",
+        "devices": 1,
+        "num_nodes": 1,
+        # auto | ddp | ddp_spawn ...
+        "strategy": "auto",
+        # 32-true | bf16-mixed | 16-mixed
+        "precision": "32-true",
+        "channels_last": False,
+        "checkpoint_period": 1000,
+        "log_period": 20,
+        "eval_batch_size": 8,
+        "seed": 0,
+        "progress_bar": True,
+    },
+    "distill": {
+        # Run folder or checkpoint of the teacher.
+        "teacher": None,
+        "teacher_config": None,
+        # List of {"type": msad_feature|adl|gid, "weight": float, ...}
+        "losses": [],
+        # Iterations over which the MSAD feature loss ramps up linearly.
+        "ramp_iters": 500,
+    },
+    "output_dir": "runs/default",
+}
+
+
+def default_config() -> dict[str, Any]:
+    """A deep copy of :data:`DEFAULTS`."""
+    return copy.deepcopy(DEFAULTS)

@@ -1,0 +1,147 @@
+"""Load a YAML config, apply ``key=value`` overrides and check every key against the defaults."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
+from msadkit.errors import ConfigError
+
+__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config"]
+
+PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+BASE_KEY = "_base_"
+
+
+def list_packaged_configs() -> list[str]:
+    """Names of the configs shipped with the package (without ``.yaml``)."""
+    return sorted(p.relative_to(PACKAGED_CONFIG_DIR).with_suffix("").as_posix() for p in PACKAGED_CONFIG_DIR.rglob("*.yaml"))
+
+
+def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file path from a path, a path relative to another config, or a packaged name."""
+    candidates = [Path(name)]
+    if relative_to is not None:
+        candidates.append(relative_to.parent / name)
+    stem = str(name)[:-5] if str(name).endswith(".yaml") else str(name)
+    candidates.append(PACKAGED_CONFIG_DIR / f"{stem}.yaml")
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(
+        f"config {name} not found: it is neither a file nor a packaged config "
+        f"(packaged: {', '.join(list_packaged_configs()) or 'none'})"
+    )
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path} must hold a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def _type_ok(default: Any, value: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, (list, tuple)):
+        return isinstance(value, (list, tuple))
+    return isinstance(value, type(default))
+
+
+def _merge(base: dict, update: dict, defaults: dict | None, source: str, prefix: str = "") -> None:
+    """Merge ``update`` into ``base`` in place, rejecting keys and types the defaults don't know."""
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if dotted in FREE_FORM_KEYS or defaults is None:
+            base[key] = copy.deepcopy(value)
+            continue
+        if key not in defaults:
+            known = ", ".join(sorted(defaults))
+            raise ConfigError(f"unknown config key '{dotted}' in {source} (known keys at this level: {known})")
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key '{dotted}' in {source} must be a mapping, got {value!r}")
+            _merge(base[key], value, default, source, dotted + ".")
+            continue
+        if not _type_ok(default, value):
+            raise ConfigError(
+                f"config key '{dotted}' in {source} must be of type {type(default).__name__}, got {value!r}"
+            )
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        base[key] = copy.deepcopy(value)
+
+
+def _load_file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The config and its ``_base_`` ancestors, base first."""
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path} includes itself through {BASE_KEY}")
+    data = _read_yaml(path)
+    base_name = data.pop(BASE_KEY, None)
+    chain: list[tuple[Path, dict]] = []
+    if base_name is not None:
+        chain = _load_file_chain(resolve_config_path(base_name, relative_to=path), seen + (path.resolve(),))
+    return chain + [(path, data)]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``a.b.c=value`` into the key path and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must have the form key=value (for example solver.max_iter=300)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}' has a value that is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    nested: Any = value
+    for part in reversed(path):
+        nested = {part: nested}
+    return nested
+
+
+def load_config(name: str | Path | None = None, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Defaults, then the config file chain, then ``key=value`` overrides.
+
+    Args:
+        name: a YAML path or a packaged config name (see :func:`list_packaged_configs`); None
+            gives the defaults.
+        overrides: strings ``dotted.key=value``; values are parsed as YAML (``[1, 2]``, ``0.5``).
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, an unknown key or a value of the wrong type.
+    """
+    config = default_config()
+    if name is not None:
+        for path, data in _load_file_chain(resolve_config_path(name)):
+            _merge(config, data, DEFAULTS, str(path))
+    for text in overrides:
+        path, value = parse_override(text)
+        _merge(config, _nest(path, value), DEFAULTS, f"override '{text}'")
+    return config
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    """The config as YAML text (keys in definition order)."""
+    return yaml.safe_dump(config, sort_keys=False)

@@ -1,0 +1,160 @@
+"""FCOS detector (METHODS.md §1.5): assignment, losses and post-processing around the head."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from msadkit.modeling.dense_detector import DenseDetector, permute_to_nhwk
+from msadkit.modeling.fcos_losses import fcos_losses
+from msadkit.modeling.fcos_targets import (
+    DEFAULT_SIZES_OF_INTEREST,
+    FCOSTargets,
+    assign_fcos_targets,
+    compute_locations,
+)
+
+__all__ = ["FCOS"]
+
+
+class FCOS(DenseDetector):
+    """FCOS with centre sampling, stride-normalised regression and GIoU loss.
+
+    Args:
+        backbone: images -> dict of FPN maps.
+        head: an :class:`~msadkit.modeling.fcos_head.FCOSHead`.
+        num_classes: K.
+        in_features: FPN levels used, finest first.
+        strides: stride of each used level in input pixels.
+        sizes_of_interest: per level ``(lo, hi]`` range of the largest regression distance.
+        center_sampling_radius: centre region radius in strides.
+        focal_alpha, focal_gamma: sigmoid focal loss parameters.
+        score_thresh: minimum classification probability of a candidate.
+        topk_candidates: candidates kept per level before NMS.
+        nms_thresh: IoU threshold of the class-wise NMS.
+        detections_per_image: detections kept after NMS.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        num_classes: int,
+        in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZES_OF_INTEREST,
+        center_sampling_radius: float = 1.5,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.6,
+        detections_per_image: int = 100,
+    ) -> None:
+        super().__init__(
+            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes
+        )
+        self.sizes_of_interest = tuple(tuple(float(v) for v in rng) for rng in sizes_of_interest)
+        self.center_sampling_radius = center_sampling_radius
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.score_thresh = score_thresh
+        self.topk_candidates = topk_candidates
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
+
+    def flatten_predictions(self, predictions: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+        """Concatenate levels: ``(N, R, K)`` logits, ``(N, R, 4)`` regression, ``(N, R)`` centerness."""
+        cls = torch.cat([permute_to_nhwk(x, self.num_classes) for x in predictions["cls_logits"]], dim=1)
+        reg = torch.cat([permute_to_nhwk(x, 4) for x in predictions["bbox_reg"]], dim=1)
+        ctr = torch.cat([permute_to_nhwk(x, 1) for x in predictions["centerness"]], dim=1).squeeze(-1)
+        return cls, reg, ctr
+
+    def locations(self, predictions: dict[str, list[Tensor]], strides: Sequence[int] | None = None) -> list[Tensor]:
+        """Per level ``(Hi*Wi, 2)`` location centres for the shapes of ``predictions``."""
+        shapes = [tuple(x.shape[-2:]) for x in predictions["cls_logits"]]
+        device = predictions["cls_logits"][0].device
+        return compute_locations(shapes, strides or self.strides, device=device)
+
+    def assign(
+        self, predictions: dict[str, list[Tensor]], targets: list[dict[str, Tensor]], strides: Sequence[int] | None = None
+    ) -> FCOSTargets:
+        """FCOS targets for the locations of ``predictions``."""
+        strides = strides or self.strides
+        return assign_fcos_targets(
+            self.locations(predictions, strides),
+            strides,
+            targets,
+            self.num_classes,
+            sizes_of_interest=self.sizes_of_interest,
+            center_sampling_radius=self.center_sampling_radius,
+        )
+
+    def losses(
+        self,
+        predictions: dict[str, list[Tensor]],
+        targets: list[dict[str, Tensor]],
+        image_shape: tuple[int, int],
+        strides: Sequence[int] | None = None,
+    ) -> dict[str, Tensor]:
+        """FCOS losses of one branch; ``strides`` overrides the level strides (MSAD low-res)."""
+        cls, reg, ctr = self.flatten_predictions(predictions)
+        fcos_targets = self.assign(predictions, targets, strides)
+        return fcos_losses(cls, reg, ctr, fcos_targets, focal_alpha=self.focal_alpha, focal_gamma=self.focal_gamma)
+
+    @torch.no_grad()
+    def postprocess(
+        self,
+        predictions: dict[str, list[Tensor]],
+        image_sizes: list[tuple[int, int]],
+        image_shape: tuple[int, int],
+        strides: Sequence[int] | None = None,
+    ) -> list[dict[str, Tensor]]:
+        """Detections per image: score ``sqrt(p_cls * p_ctr)``, class-wise NMS, top detections.
+
+        Candidates need a classification probability above ``score_thresh``; each level keeps its
+        ``topk_candidates`` best before boxes are decoded, clipped to the image's valid size and
+        suppressed.
+        """
+        strides = strides or self.strides
+        locations = self.locations(predictions, strides)
+        num_images = predictions["cls_logits"][0].shape[0]
+        per_level = []
+        for level, (loc, stride) in enumerate(zip(locations, strides)):
+            cls = permute_to_nhwk(predictions["cls_logits"][level], self.num_classes).float().sigmoid()
+            reg = permute_to_nhwk(predictions["bbox_reg"][level], 4).float() * stride
+            ctr = permute_to_nhwk(predictions["centerness"][level], 1).float().sigmoid()
+            per_level.append((loc, cls, reg, ctr))
+
+        results = []
+        for i in range(num_images):
+            boxes_all, scores_all, labels_all = [], [], []
+            for loc, cls, reg, ctr in per_level:
+                probs = cls[i]
+                candidate = probs > self.score_thresh
+                scores = (probs * ctr[i]).sqrt()[candidate]
+                location_idx, labels = candidate.nonzero(as_tuple=True)
+                if scores.numel() > self.topk_candidates:
+                    scores, keep = scores.topk(self.topk_candidates)
+                    location_idx, labels = location_idx[keep], labels[keep]
+                points = loc[location_idx]
+                distances = reg[i][location_idx]
+                boxes = torch.cat([points - distances[:, :2], points + distances[:, 2:]], dim=1)
+                boxes_all.append(boxes)
+                scores_all.append(scores)
+                labels_all.append(labels)
+            boxes = torch.cat(boxes_all)
+            scores = torch.cat(scores_all)
+            labels = torch.cat(labels_all)
+            height, width = image_sizes[i]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            boxes, scores, labels = boxes[non_empty], scores[non_empty], labels[non_empty]
+            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_image]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results
