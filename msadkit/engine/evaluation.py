@@ -1,0 +1,329 @@
+"""COCO-style box evaluation: detections to COCO results, AP metrics, a printable AP table.
+
+The detectors return boxes in the pixel coordinates of the resized input batch with contiguous
+class indices (see ``docs/architecture.md``). COCO evaluation needs boxes in the pixels of the
+original image, as ``[x, y, w, h]``, with the dataset's own category ids;
+:func:`detections_to_coco` does that conversion and :func:`coco_evaluate` scores the result list
+against a COCO ground-truth json with pycocotools.
+
+Conventions of the returned metrics:
+
+- Values are in percent (0-100), keyed by :data:`AP_KEYS`.
+- pycocotools reports -1 for a metric that has no ground truth at all (for example ``APs`` on a
+  dataset without small objects). msadkit reports ``float("nan")`` there instead, so that a mean
+  over runs or a table never mixes "-1 %" with real values; tables print NaN as "-".
+- An empty detection list is a valid result (an untrained model): every metric that has ground
+  truth is 0, nothing crashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from msadkit.errors import DatasetError, InputError, MsadkitError
+
+__all__ = [
+    "AP_KEYS",
+    "detections_to_coco",
+    "coco_evaluate",
+    "coco_evaluate_with_summary",
+    "format_ap_table",
+]
+
+AP_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+_BACKENDS = ("pycocotools", "faster_coco_eval")
+_IOU_TYPES = ("bbox", "segm")
+
+
+def detections_to_coco(
+    detections: list[dict],
+    image_ids: list[int],
+    scales: list[float],
+    category_ids: list[int],
+) -> list[dict]:
+    """Convert per-image detections into COCO result entries in original-image pixels.
+
+    Args:
+        detections: one dict per image with ``"boxes"`` ``(D, 4)`` absolute ``(x1, y1, x2, y2)`` in
+            the pixels of the resized input, ``"scores"`` ``(D,)`` and ``"labels"`` ``(D,)``
+            contiguous class indices in ``[0, len(category_ids))``.
+        image_ids: the COCO ``image_id`` of each image, same length as ``detections``.
+        scales: the resize factor of each image (resized size / original size, the dataset's
+            ``target["scale"]``); boxes are divided by it.
+        category_ids: the COCO category id of each contiguous class index (``category_ids[label]``).
+
+    Returns:
+        A list of ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` dicts with plain
+        Python numbers, ready for :func:`coco_evaluate` or ``json.dump``.
+
+    Raises:
+        InputError: lengths that disagree, a non-positive scale, a missing key, a label outside the
+            category list or boxes of the wrong shape.
+    """
+    if not (len(detections) == len(image_ids) == len(scales)):
+        raise InputError(
+            f"detections_to_coco: detections ({len(detections)}), image_ids ({len(image_ids)}) and "
+            f"scales ({len(scales)}) must have the same length"
+        )
+    num_classes = len(category_ids)
+    results: list[dict] = []
+    for index, (det, image_id, scale) in enumerate(zip(detections, image_ids, scales)):
+        missing = [key for key in ("boxes", "scores", "labels") if key not in det]
+        if missing:
+            raise InputError(f"detections_to_coco: detections[{index}] lacks key(s) {missing}")
+        scale = float(scale)
+        if not scale > 0 or not math.isfinite(scale):
+            raise InputError(f"detections_to_coco: scales[{index}] is {scale}, expected a positive number")
+        boxes = torch.as_tensor(det["boxes"]).detach().to("cpu", torch.float64)
+        scores = torch.as_tensor(det["scores"]).detach().to("cpu", torch.float64).reshape(-1)
+        labels = torch.as_tensor(det["labels"]).detach().to("cpu", torch.int64).reshape(-1)
+        if boxes.numel() == 0:
+            boxes = boxes.reshape(0, 4)
+        if boxes.ndim != 2 or boxes.shape[1] != 4 or not (len(boxes) == len(scores) == len(labels)):
+            raise InputError(
+                f"detections_to_coco: detections[{index}] has boxes {tuple(boxes.shape)}, scores "
+                f"{tuple(scores.shape)}, labels {tuple(labels.shape)}; expected (D, 4), (D,), (D,)"
+            )
+        if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+            raise InputError(
+                f"detections_to_coco: detections[{index}] has labels in [{int(labels.min())}, "
+                f"{int(labels.max())}] but category_ids has {num_classes} entries"
+            )
+        boxes = boxes / scale
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+        for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist()):
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(category_ids[label]),
+                    "bbox": [float(v) for v in box],
+                    "score": float(score),
+                }
+            )
+    return results
+
+
+def coco_evaluate(
+    coco_gt_json: str | Path,
+    coco_results: list[dict],
+    *,
+    iou_type: str = "bbox",
+    backend: str = "pycocotools",
+    image_ids: Sequence[int] | None = None,
+) -> dict[str, float]:
+    """Score COCO result entries against a COCO ground-truth json.
+
+    Args:
+        coco_gt_json: path of the ground-truth annotation file (COCO format).
+        coco_results: entries as returned by :func:`detections_to_coco`; may be empty.
+        iou_type: ``"bbox"`` (or ``"segm"`` when results and ground truth carry masks).
+        backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (optional package, same numbers,
+            faster on large sets).
+        image_ids: evaluate only these images (default: every image of the json). Images
+            without a detection count as misses.
+
+    Returns:
+        ``{key: value}`` for every key of :data:`AP_KEYS`, in percent; NaN where the ground truth
+        has no object for that metric (pycocotools' -1).
+
+    Raises:
+        DatasetError: the json is missing, does not parse or is not COCO-shaped.
+        InputError: a result names an image or category that the json does not have, or lacks a key.
+        MsadkitError: an unknown backend, or the optional backend is not installed.
+    """
+    metrics, _ = coco_evaluate_with_summary(
+        coco_gt_json, coco_results, iou_type=iou_type, backend=backend, image_ids=image_ids
+    )
+    return metrics
+
+
+def coco_evaluate_with_summary(
+    coco_gt_json: str | Path,
+    coco_results: list[dict],
+    *,
+    iou_type: str = "bbox",
+    backend: str = "pycocotools",
+    image_ids: Sequence[int] | None = None,
+) -> tuple[dict[str, float], str]:
+    """Like :func:`coco_evaluate`, and also return the evaluator's printed summary text.
+
+    The evaluator prints its twelve-line summary to stdout; it is captured rather than printed so
+    that notebooks and logs stay readable, and returned here for whoever wants it.
+    """
+    if iou_type not in _IOU_TYPES:
+        raise InputError(f"coco_evaluate: iou_type {iou_type!r} is not supported; use one of {_IOU_TYPES}")
+    coco_cls, eval_cls = _load_backend(backend)
+    path = Path(coco_gt_json)
+    dataset = _read_gt_json(path)
+    _check_results(coco_results, dataset, path)
+    selected = None
+    if image_ids is not None:
+        selected = sorted({int(i) for i in image_ids})
+        unknown = sorted(set(selected) - {image["id"] for image in dataset["images"]})
+        if unknown:
+            raise InputError(f"coco_evaluate: image_ids {unknown[:10]} are not in {path}")
+
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        gt = _make_coco(coco_cls, dataset)
+        if coco_results:
+            # loadRes writes "area", "id" and "iscrowd" into the entries it gets: give it copies.
+            dt = gt.loadRes([dict(entry) for entry in coco_results])
+        else:
+            # loadRes indexes results[0] and fails on an empty list, so build the empty set directly.
+            empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
+            dt = _make_coco(coco_cls, {**empty, "annotations": []})
+        evaluator = eval_cls(gt, dt, iou_type)
+        if selected is not None:
+            evaluator.params.imgIds = selected
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [float(v) for v in evaluator.stats[: len(AP_KEYS)]]
+    metrics = {key: (math.nan if value < 0 else 100.0 * value) for key, value in zip(AP_KEYS, stats)}
+    return metrics, captured.getvalue()
+
+
+def format_ap_table(rows: Mapping[str, Mapping[str, float]] | Mapping[str, float]) -> str:
+    """Format AP metrics as an aligned plain-text table (one decimal, NaN as "-").
+
+    Args:
+        rows: either one metrics dict (``{"AP": 40.1, ...}``), printed as a single row without a
+            name column, or named metrics dicts (``{"teacher": {...}, "student": {...}}``), one row
+            each. Keys missing from a row print as "-".
+
+    Returns:
+        The table as a string, a header line then one line per row, no trailing newline.
+    """
+    flat = all(not isinstance(value, Mapping) for value in rows.values())
+    named: list[tuple[str, Mapping[str, Any]]] = [("", rows)] if flat else list(rows.items())  # type: ignore
+    name_cells: list[list[str]] = [[] for _ in named] if flat else [[str(name)] for name, _ in named]
+    header = ([] if flat else ["name"]) + list(AP_KEYS)
+    body = [
+        cells + [_format_value(metrics.get(key)) for key in AP_KEYS]
+        for cells, (_, metrics) in zip(name_cells, named)
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def render(cells: list[str]) -> str:
+        # Names read best left-aligned, numbers right-aligned so the decimals line up.
+        parts = [
+            cell.ljust(width) if column == 0 and not flat else cell.rjust(width)
+            for column, (cell, width) in enumerate(zip(cells, widths))
+        ]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join(render(row) for row in [header, *body])
+
+
+def _format_value(value: Any) -> str:
+    if value is None:
+        return "-"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return "-" if math.isnan(number) else f"{number:.1f}"
+
+
+def _load_backend(backend: str) -> tuple[type, type]:
+    """Return the (COCO, COCOeval) classes of ``backend``, importing the optional one lazily."""
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+        return COCO, COCOeval
+    if backend == "faster_coco_eval":
+        try:
+            module = importlib.import_module("faster_coco_eval")
+        except ImportError:
+            raise MsadkitError(
+                "coco_evaluate: backend 'faster_coco_eval' needs the optional package faster-coco-eval; "
+                "install it with `pip install faster-coco-eval` or use backend='pycocotools'"
+            ) from None
+        return module.COCO, module.COCOeval_faster
+    raise MsadkitError(f"coco_evaluate: unknown backend {backend!r}; use one of {_BACKENDS}")
+
+
+def _read_gt_json(path: Path) -> dict:
+    """Read and check a COCO ground-truth file; fill the optional "iscrowd" and "area" fields."""
+    if not path.is_file():
+        raise DatasetError(f"COCO ground-truth file {path} does not exist")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            dataset = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"COCO ground-truth file {path} is not valid JSON: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DatasetError(f"COCO ground-truth file {path} cannot be read: {exc}") from None
+    if not isinstance(dataset, dict):
+        kind = type(dataset).__name__
+        raise DatasetError(f"COCO ground-truth file {path} holds a {kind}, expected a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise DatasetError(f"COCO ground-truth file {path}: key {key!r} is missing or not a list")
+    for position, image in enumerate(dataset["images"]):
+        if not isinstance(image, dict) or "id" not in image:
+            raise DatasetError(f"COCO ground-truth file {path}: images[{position}] has no 'id'")
+    for position, category in enumerate(dataset["categories"]):
+        if not isinstance(category, dict) or "id" not in category:
+            raise DatasetError(f"COCO ground-truth file {path}: categories[{position}] has no 'id'")
+    annotations = []
+    for position, ann in enumerate(dataset["annotations"]):
+        required = ("id", "image_id", "category_id", "bbox")
+        missing = [key for key in required if not isinstance(ann, dict) or key not in ann]
+        if missing:
+            raise DatasetError(f"COCO ground-truth file {path}: annotations[{position}] lacks {missing}")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4:
+            raise DatasetError(
+                f"COCO ground-truth file {path}: annotations[{position}] bbox {bbox!r} is not [x, y, w, h]"
+            )
+        # COCOeval reads both fields; files written by simple tools often omit them.
+        annotations.append({"iscrowd": 0, "area": float(bbox[2]) * float(bbox[3]), **ann})
+    return {**dataset, "annotations": annotations}
+
+
+def _check_results(results: list[dict], dataset: dict, path: Path) -> None:
+    """Reject results that pycocotools would assert on or silently drop."""
+    if not isinstance(results, list):
+        raise InputError(f"coco_evaluate: coco_results must be a list, got {type(results).__name__}")
+    image_ids = {image["id"] for image in dataset["images"]}
+    category_ids = {category["id"] for category in dataset["categories"]}
+    bad_images: set = set()
+    bad_categories: set = set()
+    for position, entry in enumerate(results):
+        required = ("image_id", "category_id", "bbox", "score")
+        missing = [key for key in required if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise InputError(f"coco_evaluate: coco_results[{position}] lacks {missing}")
+        if entry["image_id"] not in image_ids:
+            bad_images.add(entry["image_id"])
+        if entry["category_id"] not in category_ids:
+            bad_categories.add(entry["category_id"])
+    if bad_images:
+        raise InputError(
+            f"coco_evaluate: results name image ids {sorted(bad_images)[:10]} that {path} does not have"
+        )
+    if bad_categories:
+        # pycocotools would ignore these silently, hiding a wrong label -> category mapping.
+        raise InputError(
+            f"coco_evaluate: results name category ids {sorted(bad_categories)[:10]} that {path} does "
+            f"not have (its categories are {sorted(category_ids)[:20]})"
+        )
+
+
+def _make_coco(coco_cls: type, dataset: dict) -> Any:
+    coco = coco_cls()
+    coco.dataset = dataset
+    coco.createIndex()
+    return coco
