@@ -1,0 +1,51 @@
+"""Per-iteration metrics written as JSON lines to the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+__all__ = ["MetricsJsonlLogger", "read_metrics"]
+
+
+class MetricsJsonlLogger(L.Callback):
+    """Appends one JSON object per ``period`` iterations to ``path`` (rank 0 only).
+
+    Each line holds ``iter`` (the global step after the update), ``lr``, ``time`` (seconds since
+    the fit started) and every loss the training step logged under ``train/``.
+    """
+
+    def __init__(self, path: str | Path, period: int = 20) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.period = max(1, int(period))
+        self._start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if not trainer.is_global_zero or (step % self.period != 0 and step != trainer.max_steps):
+            return
+        record: dict[str, Any] = {"iter": step, "time": round(time.perf_counter() - self._start, 3)}
+        record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("train/"):
+                number = float(value.item() if isinstance(value, torch.Tensor) else value)
+                record[key[len("train/"):]] = number if math.isfinite(number) else str(number)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file."""
+    lines = Path(path).read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
