@@ -1,0 +1,212 @@
+"""A COCO-format detection dataset that checks its annotation file thoroughly up front."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from msadkit.errors import DatasetError
+
+__all__ = ["CocoDetectionDataset", "Transform"]
+
+Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+class CocoDetectionDataset(torch.utils.data.Dataset):
+    """Images and boxes from a COCO detection json.
+
+    Everything that can be checked without decoding images is checked in the constructor, and the
+    first problem found raises one :class:`DatasetError` naming the file and the faulty entry. An
+    annotation whose ``bbox`` has a width or height ``<= 0`` is an error (not silently dropped), so
+    a broken conversion script is noticed at once. Image files are only decoded in
+    :meth:`__getitem__`; an undecodable file then raises :class:`DatasetError` naming it.
+
+    Boxes are clipped to the image when loaded; a box that lies entirely outside its image is
+    dropped. Crowd annotations (``iscrowd: 1``) are left out of the targets when ``skip_crowd``.
+
+    Attributes:
+        coco_json_path: the annotation file (evaluation loads it with pycocotools).
+        image_root: the folder that image ``file_name`` entries are relative to.
+        category_ids: sorted COCO category ids; contiguous label ``i`` is ``category_ids[i]``.
+        class_names: category names in the same order.
+        image_ids: COCO image ids in the order of the json's ``images`` list (dataset index order).
+    """
+
+    def __init__(
+        self,
+        json_path: str | os.PathLike,
+        image_root: str | os.PathLike,
+        *,
+        transform: Transform | None = None,
+        skip_crowd: bool = True,
+    ) -> None:
+        self.coco_json_path = Path(json_path)
+        self.image_root = Path(image_root)
+        self.transform = transform
+        self.skip_crowd = skip_crowd
+
+        if not self.coco_json_path.is_file():
+            raise DatasetError(f"annotation file {self.coco_json_path} does not exist")
+        if not self.image_root.is_dir():
+            raise DatasetError(
+                f"image folder {self.image_root} (for annotation file {self.coco_json_path}) does not exist"
+            )
+        data = self._read_json()
+        categories = self._parse_categories(data["categories"])
+        self.category_ids: list[int] = sorted(categories)
+        self.class_names: list[str] = [categories[c] for c in self.category_ids]
+        self._label_of = {c: i for i, c in enumerate(self.category_ids)}
+
+        self._images = self._parse_images(data["images"])
+        self.image_ids: list[int] = [img["id"] for img in self._images]
+        self._boxes, self._labels = self._parse_annotations(data["annotations"])
+
+    # ----------------------------------------------------------------------------- validation
+    def _fail(self, what: str) -> DatasetError:
+        return DatasetError(f"annotation file {self.coco_json_path}: {what}")
+
+    def _read_json(self) -> dict[str, Any]:
+        try:
+            with open(self.coco_json_path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except json.JSONDecodeError as exc:
+            raise self._fail(f"is not valid json: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise self._fail(f"cannot be read: {exc}") from None
+        if not isinstance(data, dict):
+            raise self._fail(f"top level is a {type(data).__name__}, expected an object")
+        for key in ("images", "annotations", "categories"):
+            if key not in data:
+                raise self._fail(f'has no "{key}" list')
+            if not isinstance(data[key], list):
+                raise self._fail(f'"{key}" is a {type(data[key]).__name__}, expected a list')
+        return data
+
+    def _parse_categories(self, entries: list[Any]) -> dict[int, str]:
+        categories: dict[int, str] = {}
+        for k, cat in enumerate(entries):
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+                raise self._fail(f"category #{k} has no integer id")
+            if cat["id"] in categories:
+                raise self._fail(f"category id {cat['id']} appears twice")
+            categories[cat["id"]] = str(cat.get("name", cat["id"]))
+        if not categories:
+            raise self._fail('"categories" is empty')
+        return categories
+
+    def _parse_images(self, entries: list[Any]) -> list[dict[str, Any]]:
+        images: list[dict[str, Any]] = []
+        seen: set[int] = set()
+        for k, img in enumerate(entries):
+            if not isinstance(img, dict) or not _is_int(img.get("id")):
+                raise self._fail(f"image #{k} has no integer id")
+            image_id = img["id"]
+            if image_id in seen:
+                raise self._fail(f"image id {image_id} appears twice")
+            seen.add(image_id)
+            file_name = img.get("file_name")
+            if not isinstance(file_name, str) or not file_name:
+                raise self._fail(f"image id {image_id} has no file_name")
+            size = (img.get("height"), img.get("width"))
+            if any(v is not None and (not _is_int(v) or v <= 0) for v in size):
+                raise self._fail(f"image id {image_id} has an invalid height/width {size}")
+            path = self.image_root / file_name
+            # One stat per image: a missing file is reported now, not hours into training.
+            if not path.is_file():
+                raise self._fail(f"image id {image_id}: image file {path} does not exist")
+            images.append({"id": image_id, "path": path, "size": size})
+        return images
+
+    def _parse_annotations(self, entries: list[Any]) -> tuple[dict[int, list[list[float]]], dict[int, list[int]]]:
+        boxes: dict[int, list[list[float]]] = {img["id"]: [] for img in self._images}
+        labels: dict[int, list[int]] = {img["id"]: [] for img in self._images}
+        for k, ann in enumerate(entries):
+            if not isinstance(ann, dict):
+                raise self._fail(f"annotation #{k} is a {type(ann).__name__}, expected an object")
+            name = f"annotation id {ann['id']}" if "id" in ann else f"annotation #{k} (no id)"
+            image_id = ann.get("image_id")
+            if not _is_int(image_id) or image_id not in boxes:
+                raise self._fail(f"{name} refers to image_id {image_id!r}, which is not in \"images\"")
+            category_id = ann.get("category_id")
+            if not _is_int(category_id) or category_id not in self._label_of:
+                raise self._fail(f"{name} has category_id {category_id!r}, which is not in \"categories\"")
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+                raise self._fail(f"{name} has bbox {bbox!r}; expected 4 finite numbers [x, y, w, h]")
+            x, y, w, h = (float(v) for v in bbox)
+            if w <= 0 or h <= 0:
+                raise self._fail(f"{name} has bbox {bbox!r} with non-positive width or height")
+            if self.skip_crowd and ann.get("iscrowd", 0):
+                continue
+            boxes[image_id].append([x, y, x + w, y + h])
+            labels[image_id].append(self._label_of[category_id])
+        return boxes, labels
+
+    # ----------------------------------------------------------------------------- access
+    @property
+    def num_classes(self) -> int:
+        return len(self.category_ids)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def load_image(self, index: int) -> Tensor:
+        """Decode image ``index`` as float32 RGB ``(3, H, W)`` in ``0..255``."""
+        record = self._images[index]
+        path = record["path"]
+        try:
+            with Image.open(path) as pil:
+                # Grayscale, palette, CMYK and RGBA all become plain RGB (alpha is dropped).
+                pixels = np.asarray(pil.convert("RGB"), dtype=np.float32)
+        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
+            raise DatasetError(f"image file {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
+        height, width = pixels.shape[:2]
+        json_h, json_w = record["size"]
+        if (json_h is not None and json_h != height) or (json_w is not None and json_w != width):
+            raise DatasetError(
+                f"image file {path} is {height}x{width} (h x w) but annotation file {self.coco_json_path} "
+                f"says {json_h}x{json_w} for image id {record['id']}"
+            )
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
+        """Image ``(3, H, W)`` float32 RGB in 0..255 and its target.
+
+        The target holds ``"boxes"`` ``(M, 4)`` float32 absolute ``(x1, y1, x2, y2)``, ``"labels"``
+        ``(M,)`` int64 contiguous, ``"image_id"`` int, ``"orig_size"`` ``(h, w)`` and ``"scale"``
+        (1.0, multiplied by resizing transforms).
+        """
+        image = self.load_image(index)
+        height, width = image.shape[-2:]
+        image_id = self._images[index]["id"]
+        boxes = torch.tensor(self._boxes[image_id], dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor(self._labels[image_id], dtype=torch.int64).reshape(-1)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0.0, float(width))
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0.0, float(height))
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        target: dict[str, Any] = {
+            "boxes": boxes[keep],
+            "labels": labels[keep],
+            "image_id": image_id,
+            "orig_size": (int(height), int(width)),
+            "scale": 1.0,
+        }
+        if self.transform is not None:
+            image, target = self.transform(image, target)
+        return image, target
