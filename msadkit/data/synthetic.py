@@ -358,11 +358,25 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: i
         json.dump(coco, handle, separators=(",", ":"))
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` to ``dst``, replacing an older dataset there."""
-    if not dst.exists():
-        os.replace(src, dst)
+def _install(src: Path, dst: Path, params: dict[str, Any]) -> None:
+    """Move the finished folder ``src`` to ``dst``, replacing an older dataset there.
+
+    Several processes (e.g. the ranks of a distributed run) may generate the same dataset at
+    once; whoever finishes second finds an identical dataset in place and discards its own copy.
+    """
+    if _read_manifest(dst / "manifest.json") == params:
+        shutil.rmtree(src, ignore_errors=True)
         return
+    if not dst.exists():
+        try:
+            os.replace(src, dst)
+            return
+        except OSError:
+            if _read_manifest(dst / "manifest.json") == params:
+                shutil.rmtree(src, ignore_errors=True)
+                return
+            if not dst.exists():
+                raise
     old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
     os.replace(dst, old / dst.name)
     os.replace(src, dst)
@@ -447,7 +461,7 @@ def generate_synthetic_dataset(
         # The manifest goes last: a folder with a manifest is a complete dataset.
         with open(tmp / "manifest.json", "w", encoding="utf-8") as handle:
             json.dump(params, handle, indent=2, sort_keys=True)
-        _replace_dir(tmp, out)
+        _install(tmp, out, params)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -101,6 +101,27 @@ def test_interrupted_generation_leaves_no_dataset_and_keeps_the_old_one(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
 
 
+def test_concurrent_generation_of_the_same_dataset_keeps_the_first_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "ds"
+    real_write_split = synthetic._write_split
+    inner_files: dict[str, int] = {}
+
+    def write_split_while_another_process_finishes(root, split, count, **kwargs):
+        real_write_split(root, split, count, **kwargs)
+        if split == "val" and not inner_files:
+            # Another process (simulated) completes the same dataset before this one installs its copy.
+            monkeypatch.setattr(synthetic, "_write_split", real_write_split)
+            generate_synthetic_dataset(out, seed=0, **TINY)
+            inner_files.update(_all_files(out))
+
+    monkeypatch.setattr(synthetic, "_write_split", write_split_while_another_process_finishes)
+    generate_synthetic_dataset(out, seed=0, **TINY)
+    assert inner_files and _all_files(out) == inner_files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
 def test_refuses_to_overwrite_a_folder_that_is_not_a_dataset(tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()
