@@ -123,6 +123,15 @@ def save(tmp_path, obj, name="ckpt.pt"):
     return path
 
 
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """The tensors here are tiny: a thread pool only adds overhead, badly so on a busy machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 # ---------------------------------------------------------------------------------------------
 # Layout
 
@@ -254,6 +263,19 @@ def test_loaded_frozen_bn_model_matches_official_forward(official_checkpoint):
     with torch.no_grad():
         ours = model(x)  # FrozenBN computes the eval-mode function even in training mode
         reference = official_forward(state, 0.5, x)
+    for name in reference:
+        torch.testing.assert_close(ours[name], reference[name], rtol=1e-4, atol=1e-5)
+
+
+def test_partly_frozen_model_loads_and_matches(tmp_path, small_state):
+    path = save(tmp_path, {"model": small_state})
+    model = slimmable_resnet50(0.25, freeze_at=2)  # stem and res2 norms are FrozenBN, the rest BN
+    load_slimmable_checkpoint(model, path, 0.25)
+    assert model.res3[0].norm1.num_batches_tracked.item() == 1000
+    model.eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours, reference = model(x), official_forward(small_state, 0.25, x)
     for name in reference:
         torch.testing.assert_close(ours[name], reference[name], rtol=1e-4, atol=1e-5)
 
