@@ -101,6 +101,11 @@ DEFAULTS: dict[str, Any] = {
         "pixel_mean": [123.675, 116.28, 103.53],
         "pixel_std": [58.395, 57.12, 57.375],
         "num_workers": 2,
+        # Semi-supervised distillation (ADL/SAD): a COCO json of teacher pseudo-labels
+        # (`msadkit pseudo-label`) and its image folder; training then alternates labeled batches
+        # with batches drawn from labeled + pseudo-labeled images.
+        "pseudo_labels_json": None,
+        "pseudo_labels_images": None,
     },
     "solver": {
         # Images per process.
@@ -133,13 +138,15 @@ DEFAULTS: dict[str, Any] = {
         "progress_bar": True,
     },
     "distill": {
-        # Run folder or checkpoint of the teacher.
+        # Run folder of the teacher (its config.yaml and model_final.pth), or a model_final.pth
+        # file (which embeds its config). Setting it turns the run into a distillation run: the
+        # model section then describes the student.
         "teacher": None,
-        "teacher_config": None,
-        # List of {"type": msad_feature|adl|gid, "weight": float, ...}
+        # Initialise the student's backbone, FPN and head from the teacher on a fresh run (MSAD);
+        # a resumed run always continues from the student's own checkpoint.
+        "init_student_from_teacher": False,
+        # List of {"type": msad_feature|adl|gid, "weight": float, ...type-specific options}.
         "losses": [],
-        # Iterations over which the MSAD feature loss ramps up linearly.
-        "ramp_iters": 500,
     },
     "output_dir": "runs/default",
 }

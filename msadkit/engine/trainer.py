@@ -156,12 +156,12 @@ def run_summary(config: dict[str, Any], metrics: dict[str, float]) -> dict[str, 
     model_cfg = config["model"]
     backbone = model_cfg["backbone"]
     width = backbone["width"] if backbone["name"] == "slimmable_resnet50" else 1.0
-    resolution = {"msad_teacher": "high+low", "msad_student": "low"}.get(model_cfg["arch"], model_cfg["resolution"])
+    resolution = "high+low" if model_cfg["arch"] == "msad_teacher" else model_cfg["resolution"]
     capacity = None
     if backbone["name"] == "slimmable_resnet50":
         from msadkit.analysis.flops import msad_capacity
 
-        role = {"high+low": "teacher", "low": "student"}.get(resolution, "high")
+        role = {"high+low": "teacher", "low": "low"}.get(resolution, "high")
         capacity = round(msad_capacity(width, role), 3)
     return {
         "method": config["method"],
@@ -220,9 +220,7 @@ def evaluate_run(
         config[section].update(values)
     weights = Path(weights) if weights else run_dir / FINAL_WEIGHTS_NAME
     dataset = build_dataset(config, "val")
-    model = build_model(config)
-    if hasattr(model, "deployable"):
-        model = model.deployable()
+    model = build_model(config, for_inference=True)
     load_model_weights(model, weights)
     model.to(device)
     return evaluate_model(model, config, run_dir if write else None, dataset=dataset, device=device)

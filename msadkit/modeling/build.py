@@ -13,20 +13,35 @@ from msadkit.modeling.fpn import FPN, BackboneWithFPN
 from msadkit.modeling.resnet import torchvision_resnet
 from msadkit.modeling.slimmable import WIDTHS, load_slimmable_checkpoint, slimmable_resnet50
 
-__all__ = ["BACKBONES", "ARCHITECTURES", "build_bottom_up", "build_backbone", "build_fcos", "build_retinanet", "build_model", "register_architecture"]
+__all__ = ["BACKBONES", "ARCHITECTURES", "build_bottom_up", "build_backbone", "build_fcos", "build_retinanet", "build_model", "register_architecture", "resolution_levels"]
 
 BACKBONES = ("slimmable_resnet50", "resnet50", "resnet101")
 HIGH_RES_FEATURES = ("p3", "p4", "p5", "p6", "p7")
+# A low-resolution detector sees the 0.5x image and uses p2..p6, which are aligned with the
+# high-resolution p3..p7 and assigned with their strides and ground truth (METHODS.md §1.2).
+LOW_RES_FEATURES = ("p2", "p3", "p4", "p5", "p6")
 HIGH_RES_STRIDES = (8, 16, 32, 64, 128)
 
+
+def resolution_levels(model_cfg: dict[str, Any]) -> tuple[tuple[str, ...], int]:
+    """FPN levels and input downsampling factor for ``model.resolution`` (high or low)."""
+    resolution = model_cfg["resolution"]
+    if resolution == "high":
+        return HIGH_RES_FEATURES, 1
+    if resolution == "low":
+        return LOW_RES_FEATURES, 2
+    raise ConfigError(f"model.resolution must be 'high' or 'low', got {resolution!r}")
+
 # Architectures beyond the plain detectors register their builders here (MSAD, distillers).
-ARCHITECTURES: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
+# A builder is called as ``builder(config, for_inference=...)``; with ``for_inference=True`` a
+# distiller returns only its deployable student (no teacher is loaded).
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
 
 def register_architecture(name: str) -> Callable:
-    """Decorator that makes ``builder(config) -> nn.Module`` available as ``model.arch: name``."""
+    """Decorator that makes ``builder(config, *, for_inference) -> nn.Module`` available as ``model.arch: name``."""
 
-    def wrap(builder: Callable[[dict[str, Any]], nn.Module]) -> Callable[[dict[str, Any]], nn.Module]:
+    def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         ARCHITECTURES[name] = builder
         return builder
 
@@ -96,13 +111,15 @@ def fcos_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def build_fcos(model_cfg: dict[str, Any], *, in_features: tuple[str, ...] = HIGH_RES_FEATURES) -> FCOS:
-    """FCOS on ``in_features`` with the high-resolution strides (8..128)."""
+def build_fcos(model_cfg: dict[str, Any]) -> FCOS:
+    """FCOS at ``model.resolution`` with the high-resolution strides (8..128)."""
+    in_features, downsample = resolution_levels(model_cfg)
     return FCOS(
         backbone=build_backbone(model_cfg, in_features),
         head=build_fcos_head(model_cfg),
         in_features=in_features,
         strides=HIGH_RES_STRIDES,
+        input_downsample=downsample,
         **fcos_kwargs(model_cfg),
     )
 
@@ -113,6 +130,7 @@ def build_retinanet(model_cfg: dict[str, Any]) -> nn.Module:
     from msadkit.modeling.retinanet_head import RetinaNetHead
 
     r_cfg = model_cfg["retinanet"]
+    in_features, downsample = resolution_levels(model_cfg)
     anchor_generator = AnchorGenerator(
         sizes=retinanet_anchor_sizes(tuple(r_cfg["anchor_base_sizes"])),
         aspect_ratios=tuple(r_cfg["aspect_ratios"]),
@@ -127,11 +145,12 @@ def build_retinanet(model_cfg: dict[str, Any]) -> nn.Module:
         prior_prob=r_cfg["prior_prob"],
     )
     return RetinaNet(
-        backbone=build_backbone(model_cfg, HIGH_RES_FEATURES),
+        backbone=build_backbone(model_cfg, in_features),
         head=head,
         num_classes=model_cfg["num_classes"],
-        in_features=HIGH_RES_FEATURES,
+        in_features=in_features,
         strides=HIGH_RES_STRIDES,
+        input_downsample=downsample,
         anchor_generator=anchor_generator,
         iou_thresholds=tuple(r_cfg["iou_thresholds"]),
         focal_alpha=r_cfg["focal_alpha"],
@@ -144,15 +163,26 @@ def build_retinanet(model_cfg: dict[str, Any]) -> nn.Module:
     )
 
 
-def build_model(config: dict[str, Any]) -> nn.Module:
-    """The model named by ``model.arch``: ``fcos``, ``retinanet`` or a registered architecture."""
+def build_model(config: dict[str, Any], *, for_inference: bool = False) -> nn.Module:
+    """The model named by ``model.arch``: ``fcos``, ``retinanet`` or a registered architecture.
+
+    Args:
+        config: resolved config.
+        for_inference: build only what evaluation needs (a distiller's student, no teacher).
+    """
     model_cfg = config["model"]
     arch = model_cfg["arch"]
     if arch == "fcos":
-        return build_fcos(model_cfg)
-    if arch == "retinanet":
-        return build_retinanet(model_cfg)
-    if arch in ARCHITECTURES:
-        return ARCHITECTURES[arch](config)
-    known = ("fcos", "retinanet", *sorted(ARCHITECTURES))
-    raise ConfigError(f"model.arch must be one of {known}, got {arch!r}")
+        model = build_fcos(model_cfg)
+    elif arch == "retinanet":
+        model = build_retinanet(model_cfg)
+    elif arch in ARCHITECTURES:
+        model = ARCHITECTURES[arch](config, for_inference=for_inference)
+    else:
+        known = ("fcos", "retinanet", *sorted(ARCHITECTURES))
+        raise ConfigError(f"model.arch must be one of {known}, got {arch!r}")
+    if config["distill"]["teacher"] and not for_inference:
+        from msadkit.modeling.distillation.build import build_distiller
+
+        return build_distiller(config, student=model)
+    return model

@@ -12,10 +12,12 @@ from typing import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from msadkit.errors import InputError
+from msadkit.modeling.distillation.outputs import TeacherOutputs
 
-__all__ = ["DenseDetector", "check_images", "permute_to_nhwk"]
+__all__ = ["DenseDetector", "check_images", "downsample_nearest", "permute_to_nhwk"]
 
 
 def check_images(images: Tensor) -> None:
@@ -29,6 +31,15 @@ def check_images(images: Tensor) -> None:
     if not torch.isfinite(images).all():
         bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
         raise InputError(f"images contain inf or NaN values (batch indices {bad})")
+
+
+def downsample_nearest(images: Tensor, factor: int = 2) -> Tensor:
+    """The low-resolution copy of a padded batch: plain nearest subsampling, no anti-aliasing.
+
+    ``(N, C, H, W)`` -> ``(N, C, H // factor, W // factor)``, as ``F.interpolate(scale_factor=0.5,
+    mode="nearest")`` does in the MSAD code (METHODS.md §1.2).
+    """
+    return F.interpolate(images, scale_factor=1.0 / factor, mode="nearest")
 
 
 def permute_to_nhwk(tensor: Tensor, k: int) -> Tensor:
@@ -50,6 +61,9 @@ class DenseDetector(nn.Module):
             branch runs on ``p2..p6`` of a half-size image with the high-resolution strides
             ``(8, ..., 128)``.
         num_classes: number of foreground classes.
+        input_downsample: 1 for the image as given; 2 for a low-resolution detector that sees the
+            nearest-neighbour 0.5x copy of the (padded) batch, as MSAD's low-res branch, student and
+            low-res baseline do. Ground truth, strides and detections stay in input pixels.
     """
 
     def __init__(
@@ -60,8 +74,11 @@ class DenseDetector(nn.Module):
         in_features: Sequence[str],
         strides: Sequence[int],
         num_classes: int,
+        input_downsample: int = 1,
     ) -> None:
         super().__init__()
+        if input_downsample not in (1, 2):
+            raise ValueError(f"input_downsample must be 1 or 2, got {input_downsample}")
         if len(in_features) != len(strides):
             raise ValueError(f"in_features {tuple(in_features)} and strides {tuple(strides)} differ in length")
         if num_classes < 1:
@@ -71,10 +88,16 @@ class DenseDetector(nn.Module):
         self.in_features = tuple(in_features)
         self.strides = tuple(int(s) for s in strides)
         self.num_classes = int(num_classes)
+        self.input_downsample = int(input_downsample)
 
     def extract_features(self, images: Tensor) -> dict[str, Tensor]:
-        """Run backbone and FPN: ``(N, 3, H, W)`` -> dict of ``(N, C, Hi, Wi)`` maps."""
+        """Run backbone and FPN: ``(N, 3, H, W)`` -> dict of ``(N, C, Hi, Wi)`` maps.
+
+        A low-resolution detector (``input_downsample=2``) first takes the 0.5x nearest copy.
+        """
         check_images(images)
+        if self.input_downsample != 1:
+            images = downsample_nearest(images, self.input_downsample)
         return self.backbone(images)
 
     def select_levels(self, features: dict[str, Tensor]) -> list[Tensor]:
@@ -84,6 +107,14 @@ class DenseDetector(nn.Module):
     def predict(self, levels: list[Tensor]) -> dict[str, list[Tensor]]:
         """Raw per-level head predictions for a list of ``(N, C, Hi, Wi)`` maps."""
         return self.head(levels)
+
+    def distillation_outputs(
+        self, images: Tensor, image_sizes: list[tuple[int, int]], *, need_predictions: bool = False
+    ) -> TeacherOutputs:
+        """This detector as a teacher: its ``in_features`` maps and, if asked, its raw predictions."""
+        levels = self.select_levels(self.extract_features(images))
+        predictions = self.predict(levels) if need_predictions else None
+        return TeacherOutputs(levels=levels, predictions=predictions, model=self)
 
     def losses(
         self,

@@ -36,6 +36,7 @@ class FCOS(DenseDetector):
         topk_candidates: candidates kept per level before NMS.
         nms_thresh: IoU threshold of the class-wise NMS.
         detections_per_image: detections kept after NMS.
+        input_downsample: 2 for a low-resolution FCOS (see :class:`DenseDetector`).
     """
 
     def __init__(
@@ -54,9 +55,15 @@ class FCOS(DenseDetector):
         topk_candidates: int = 1000,
         nms_thresh: float = 0.6,
         detections_per_image: int = 100,
+        input_downsample: int = 1,
     ) -> None:
         super().__init__(
-            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes
+            backbone=backbone,
+            head=head,
+            in_features=in_features,
+            strides=strides,
+            num_classes=num_classes,
+            input_downsample=input_downsample,
         )
         self.sizes_of_interest = tuple(tuple(float(v) for v in rng) for rng in sizes_of_interest)
         self.center_sampling_radius = center_sampling_radius

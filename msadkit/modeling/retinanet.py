@@ -147,6 +147,7 @@ class RetinaNet(DenseDetector):
         topk_candidates: candidates kept per level before NMS.
         nms_thresh: IoU threshold of the class-wise NMS.
         detections_per_image: detections kept after NMS.
+        input_downsample: 2 for a low-resolution RetinaNet (see :class:`DenseDetector`).
     """
 
     def __init__(
@@ -169,9 +170,15 @@ class RetinaNet(DenseDetector):
         topk_candidates: int = 1000,
         nms_thresh: float = 0.5,
         detections_per_image: int = 100,
+        input_downsample: int = 1,
     ) -> None:
         super().__init__(
-            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes
+            backbone=backbone,
+            head=head,
+            in_features=in_features,
+            strides=strides,
+            num_classes=num_classes,
+            input_downsample=input_downsample,
         )
         if anchor_generator is None:
             anchor_generator = AnchorGenerator(strides=self.strides)

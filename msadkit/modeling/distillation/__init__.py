@@ -1,0 +1,1 @@
+"""Distillation meta-architecture: a student, a frozen teacher and distillation loss terms."""
