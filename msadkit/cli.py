@@ -42,7 +42,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.overrides = list(args.overrides) + extra
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # force: a second call in the same process (tests, notebooks) writes to the current stderr.
+    logging.basicConfig(level=logging.INFO, format="%(message)s", force=True)
     try:
         return _command_modules()[args.command].run(args)
     except MsadkitError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -14,6 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
+from msadkit.engine.buffer_sync import BroadcastBuffersAtEnd
 from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 from msadkit.engine.datasets import build_dataset, build_loader
 from msadkit.engine.evaluation import coco_evaluate, format_ap_table
@@ -37,6 +39,16 @@ from msadkit.modeling.build import build_model
 __all__ = ["train", "evaluate_model", "evaluate_run", "load_model_weights", "run_summary", "export_weights"]
 
 logger = logging.getLogger(__name__)
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising and its own internal deprecation notices from run logs."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+
+
+_quiet_lightning()
 
 
 def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
@@ -83,8 +95,9 @@ def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callba
         max_steps=solver["max_iter"],
         max_epochs=-1,
         gradient_clip_val=solver["clip_grad_norm"] or None,
-        callbacks=[checkpointing, MetricsJsonlLogger(run_dir / METRICS_NAME, trainer_cfg["log_period"]), *callbacks],
-        logger=[CSVLogger(run_dir, name="logs", version=""), TensorBoardLogger(run_dir, name="tensorboard", version="")],
+        callbacks=[BroadcastBuffersAtEnd(), checkpointing, MetricsJsonlLogger(run_dir / METRICS_NAME, trainer_cfg["log_period"]), *callbacks],
+        # Versioned log folders: a resumed run adds version_1 instead of overwriting version_0.
+        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],
         log_every_n_steps=trainer_cfg["log_period"],
         enable_progress_bar=trainer_cfg["progress_bar"],
         enable_model_summary=False,
