@@ -170,6 +170,8 @@ def build_model(config: dict[str, Any], *, for_inference: bool = False) -> nn.Mo
         config: resolved config.
         for_inference: build only what evaluation needs (a distiller's student, no teacher).
     """
+    import msadkit.modeling.msad_teacher  # noqa: F401  (registers msad_teacher)
+
     model_cfg = config["model"]
     arch = model_cfg["arch"]
     if arch == "fcos":
