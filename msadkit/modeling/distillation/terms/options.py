@@ -1,0 +1,60 @@
+"""Checking the options of one ``distill.losses`` entry against the term's defaults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msadkit.errors import ConfigError
+
+__all__ = ["resolve_options"]
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return f"a {type(value).__name__}"
+
+
+def _fits(default: Any, value: Any) -> bool:
+    if default is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
+
+
+def resolve_options(options: dict[str, Any], defaults: dict[str, Any], *, term: str) -> dict[str, Any]:
+    """``defaults`` updated with ``options``; unknown keys and wrong types raise :class:`ConfigError`.
+
+    Every term accepts ``weight`` (factor of all its losses, default 1.0) and ``name`` (prefix of
+    its loss keys, default the term type) on top of ``defaults``.
+
+    Args:
+        options: the ``distill.losses`` entry without its ``type``.
+        defaults: the term-specific options and their default values.
+        term: the term type, for messages.
+    """
+    known = {"weight": 1.0, "name": term, **defaults}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"distill.losses entry of type {term!r}: unknown option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(known))})"
+        )
+    resolved = dict(known)
+    for key, value in options.items():
+        if not _fits(known[key], value):
+            raise ConfigError(
+                f"distill.losses entry of type {term!r}: option {key!r} must be {_type_name(known[key])}, "
+                f"got {value!r}"
+            )
+        resolved[key] = value
+    if resolved["weight"] < 0:
+        raise ConfigError(f"distill.losses entry of type {term!r}: weight must be >= 0, got {resolved['weight']}")
+    return resolved
