@@ -156,7 +156,7 @@ def test_distiller_trains_student_only_and_adl_decreases():
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
     losses = distiller(images, None, targets)
-    assert set(losses) == {"loss_cls", "loss_box_reg", "adl_cls"}
+    assert set(losses) == {"loss_cls", "loss_box_reg", "loss_adl_cls"}
 
     # The distiller applies the weight: the same term with weight 1 gives half.
     with torch.no_grad():
@@ -164,9 +164,9 @@ def test_distiller_trains_student_only_and_adl_decreases():
         predictions = student.predict(levels)
         teacher_outputs = teacher.distillation_outputs(images, [(64, 64)] * 2, need_predictions=True)
         unweighted = term(StudentOutputs(student, levels, predictions, (64, 64)), teacher_outputs, targets, 0)["cls"]
-    assert losses["adl_cls"].item() == pytest.approx(2.0 * unweighted.item(), rel=1e-5)
+    assert losses["loss_adl_cls"].item() == pytest.approx(2.0 * unweighted.item(), rel=1e-5)
 
-    losses["adl_cls"].backward()
+    losses["loss_adl_cls"].backward()
     assert student.head.cls_score.weight.grad.abs().sum() > 0
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
     # Box regression is not distilled.
@@ -176,7 +176,7 @@ def test_distiller_trains_student_only_and_adl_decreases():
     history = []
     for _ in range(6):
         optimizer.zero_grad()
-        loss = distiller(images, None, targets)["adl_cls"]
+        loss = distiller(images, None, targets)["loss_adl_cls"]
         loss.backward()
         optimizer.step()
         history.append(loss.item())
@@ -199,7 +199,7 @@ def test_grid_mismatch_at_run_time_is_an_input_error():
     [
         (lambda: tiny_fcos(8), "the student is a RetinaNet and the teacher a FCOS"),
         (lambda: tiny_retinanet(8, base_sizes=(32, 64, 128, 256, 512)), "anchors differ"),
-        (lambda: nn.Linear(2, 2), "plain 'fcos' or 'retinanet' teacher"),
+        (lambda: nn.Linear(2, 2), "an 'fcos', 'retinanet' or MSAD teacher"),
     ],
 )
 def test_mismatched_teacher_is_a_config_error(teacher, message):

@@ -56,7 +56,7 @@ class AdaptiveDistillationTerm(DistillationLoss):
     """Adaptive distillation loss between student and teacher classification logits.
 
     Args:
-        name: prefix of the returned key (``"<name>_cls"``).
+        name: prefix of the returned key (``"<name>_cls"``, by default ``"loss_adl_cls"``).
         weight: factor applied by the distiller.
         alpha: weight of the positive term of the balanced cross-entropy.
         beta: entropy coefficient in the code's convention (``beta_paper = 1 - beta``).
@@ -71,7 +71,7 @@ class AdaptiveDistillationTerm(DistillationLoss):
     def __init__(
         self,
         *,
-        name: str = "adl",
+        name: str = "loss_adl",
         weight: float = 1.0,
         alpha: float = 0.5,
         beta: float = 0.0,
@@ -134,7 +134,7 @@ def build_adl_term(
     """The ``adl`` term of ``distill.losses``.
 
     Options (defaults of the released configs): ``alpha`` 0.5, ``beta`` 0.0, ``gamma`` 2.0,
-    ``power`` 1.8, ``reduction`` batch, ``weight`` 1.0, ``name`` adl. Teacher and student must be
+    ``power`` 1.8, ``reduction`` batch, ``weight`` 1.0, ``name`` loss_adl. Teacher and student must be
     the same detector type with the same strides/anchors/classes, otherwise :class:`ConfigError`.
     """
     resolved = resolve_options(

@@ -3,7 +3,8 @@
 Response-based terms (ADL, GID) compare the two heads output by output, so both detectors must be
 of the same kind and place their predictions identically: same strides, same anchors per location
 and the same classes. A low-resolution student (``p2..p6`` of the 0.5x image, high-resolution
-strides) matches a high-resolution teacher (``p3..p7``) because both use strides 8..128.
+strides) matches a high-resolution teacher (``p3..p7``) because both use strides 8..128. An MSAD teacher takes part through its shared FCOS, whose head runs on the fused
+``F3..F7``: these have the grid of a low-resolution FCOS student's ``p2..p6``.
 """
 
 from __future__ import annotations
@@ -16,19 +17,24 @@ from msadkit.modeling.dense_detector import DenseDetector
 from msadkit.modeling.fcos import FCOS
 from msadkit.modeling.retinanet import RetinaNet
 
-__all__ = ["check_same_layout", "check_same_prediction_shape", "teacher_detector"]
+__all__ = ["check_same_layout", "check_same_prediction_shape", "plain_detector"]
 
 _PROBE_SHAPES = [(2, 3)]
 
 
-def teacher_detector(teacher: nn.Module, *, term: str) -> DenseDetector:
-    """The teacher as a :class:`DenseDetector`, or :class:`ConfigError` saying why it cannot be one."""
-    if not isinstance(teacher, (FCOS, RetinaNet)):
+def plain_detector(teacher: nn.Module, *, term: str) -> DenseDetector:
+    """The FCOS/RetinaNet that makes the teacher's predictions (an MSAD teacher's shared FCOS).
+
+    Raises:
+        ConfigError: the teacher has no such detector.
+    """
+    detector = getattr(teacher, "detector", teacher)
+    if not isinstance(detector, (FCOS, RetinaNet)):
         raise ConfigError(
-            f"distill.losses type {term!r} compares the teacher's and the student's head outputs and needs a "
-            f"plain 'fcos' or 'retinanet' teacher, but the teacher is a {type(teacher).__name__}"
+            f"distill.losses type {term!r} compares the teacher's and the student's head outputs and needs an "
+            f"'fcos', 'retinanet' or MSAD teacher, but the teacher is a {type(teacher).__name__}"
         )
-    return teacher
+    return detector
 
 
 def _probe_anchors(model: RetinaNet) -> Tensor:
@@ -45,7 +51,7 @@ def check_same_layout(student: nn.Module, teacher: nn.Module, *, term: str) -> N
         teacher: the frozen teacher.
         term: the ``distill.losses`` type, for the message.
     """
-    teacher = teacher_detector(teacher, term=term)
+    teacher = plain_detector(teacher, term=term)
     if not isinstance(student, (FCOS, RetinaNet)):
         raise ConfigError(
             f"distill.losses type {term!r} needs an 'fcos' or 'retinanet' student, got {type(student).__name__}"

@@ -29,18 +29,21 @@ def _fits(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def resolve_options(options: dict[str, Any], defaults: dict[str, Any], *, term: str) -> dict[str, Any]:
+def resolve_options(
+    options: dict[str, Any], defaults: dict[str, Any], *, term: str, name: str | None = None
+) -> dict[str, Any]:
     """``defaults`` updated with ``options``; unknown keys and wrong types raise :class:`ConfigError`.
 
     Every term accepts ``weight`` (factor of all its losses, default 1.0) and ``name`` (prefix of
-    its loss keys, default the term type) on top of ``defaults``.
+    its loss keys, default ``name`` or ``"loss_<term>"``) on top of ``defaults``.
 
     Args:
         options: the ``distill.losses`` entry without its ``type``.
         defaults: the term-specific options and their default values.
         term: the term type, for messages.
+        name: default prefix of the term's loss keys.
     """
-    known = {"weight": 1.0, "name": term, **defaults}
+    known = {"weight": 1.0, "name": name or f"loss_{term}", **defaults}
     unknown = sorted(set(options) - set(known))
     if unknown:
         raise ConfigError(
