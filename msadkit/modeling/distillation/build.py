@@ -121,6 +121,12 @@ def init_student_from_teacher(
         for name in target
         if name in source and target[name].shape != source[name].shape
     )
+    if missing:
+        raise ConfigError(
+            "distill.init_student_from_teacher: the teacher has no weights for these student tensors "
+            f"(architectures differ): {', '.join(missing[:20])}"
+            + (f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
+        )
     if mismatched:
         s_model, t_model = student_config["model"], teacher_config["model"]
         raise ConfigError(
@@ -129,12 +135,6 @@ def init_student_from_teacher(
             f"{s_model['fpn']['out_channels']}, the teacher width={t_model['backbone']['width']}, "
             f"out_channels={t_model['fpn']['out_channels']}; mismatched: {', '.join(mismatched[:10])}"
             + (f", ... ({len(mismatched) - 10} more)" if len(mismatched) > 10 else "")
-        )
-    if missing:
-        raise ConfigError(
-            "distill.init_student_from_teacher: the teacher has no weights for these student tensors "
-            f"(architectures differ): {', '.join(missing[:20])}"
-            + (f", ... ({len(missing) - 20} more)" if len(missing) > 20 else "")
         )
     student.load_state_dict({name: source[name].clone() for name in target}, strict=True)
 
