@@ -1,0 +1,341 @@
+"""Semi-supervised adaptive distillation (SAD, METHODS.md §2.4): pseudo-labels and alternating batches.
+
+A trained teacher labels unlabeled images (:func:`generate_pseudo_labels`, ``msadkit
+pseudo-label``); its detections above a score threshold become a COCO json. Training then
+alternates batches as the original loader did: even batches come from the labeled training set,
+odd batches from the labeled set together with the pseudo-labeled images
+(:class:`AlternatingSampler`, :func:`build_train_loader`). On every batch the ground-truth losses
+use the (pseudo-)boxes as hard targets and the distillation terms use the teacher's soft outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+from torch import nn
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
+
+from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms
+from msadkit.engine.datasets import build_loader, resolve_data_paths
+from msadkit.engine.inference import predict_coco_results
+from msadkit.engine.run_folder import write_text_atomic
+from msadkit.errors import ConfigError, DatasetError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "AlternatingSampler",
+    "build_train_loader",
+    "pseudo_label_dataset",
+    "image_records",
+    "generate_pseudo_labels",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class AlternatingSampler(Sampler[int]):
+    """Index stream whose batches alternate: labeled, then labeled ∪ pseudo-labeled, and so on.
+
+    Indices ``[0, num_labeled)`` are labeled images and ``[num_labeled, num_labeled + num_pseudo)``
+    pseudo-labeled ones (the order of a ``ConcatDataset([labeled, pseudo])``). The stream is made
+    of blocks of ``batch_size * world_size`` indices: even blocks are drawn from a shuffled
+    permutation of the labeled images, odd blocks from a shuffled permutation of all images.
+    Used with ``DataLoader(batch_size=batch_size, drop_last=True)``, batch ``2k`` holds only
+    labeled images and batch ``2k + 1`` images of either kind. Under DDP Lightning wraps the sampler
+    in a ``DistributedSamplerWrapper`` that hands process ``r`` the positions ``r, r + W, ...``;
+    with blocks of ``batch_size * W`` every process then gets whole labeled and mixed batches in
+    the same alternation.
+
+    An epoch has ``2 * max(1, num_labeled // (batch_size * world_size))`` batches: each labeled
+    image appears at most once per epoch in the labeled batches (the permutation is repeated only
+    if there are fewer labeled images than one global batch). Each epoch draws new permutations
+    from ``seed`` and the epoch number; ``set_epoch`` sets it (Lightning calls it, also through the
+    distributed wrapper), and each pass advances it by one so that repeated passes differ even
+    without ``set_epoch``.
+
+    Args:
+        num_labeled: images of the labeled set (>= 1).
+        num_pseudo: pseudo-labeled images (>= 0).
+        batch_size: images per batch and process.
+        seed: base seed of the permutations.
+        world_size: number of training processes.
+    """
+
+    def __init__(self, num_labeled: int, num_pseudo: int, batch_size: int, *, seed: int = 0, world_size: int = 1) -> None:
+        if num_labeled < 1 or num_pseudo < 0 or batch_size < 1 or world_size < 1:
+            raise ValueError(
+                "AlternatingSampler: need num_labeled >= 1, num_pseudo >= 0, batch_size >= 1 and world_size >= 1, "
+                f"got {num_labeled}, {num_pseudo}, {batch_size}, {world_size}"
+            )
+        self.num_labeled = int(num_labeled)
+        self.num_pseudo = int(num_pseudo)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.world_size = int(world_size)
+        self.epoch = 0
+
+    @property
+    def block_size(self) -> int:
+        """Indices of one global batch (all processes)."""
+        return self.batch_size * self.world_size
+
+    @property
+    def batches_per_kind(self) -> int:
+        """Global labeled batches per epoch (and as many mixed ones)."""
+        return max(1, self.num_labeled // self.block_size)
+
+    def __len__(self) -> int:
+        return 2 * self.batches_per_kind * self.block_size
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _stream(self, population: int, length: int, generator: torch.Generator) -> list[int]:
+        """``length`` indices from shuffled permutations of ``range(population)``, repeated if needed."""
+        out: list[int] = []
+        while len(out) < length:
+            out.extend(torch.randperm(population, generator=generator).tolist())
+        return out[:length]
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        length = self.batches_per_kind * self.block_size
+        labeled = self._stream(self.num_labeled, length, generator)
+        mixed = self._stream(self.num_labeled + self.num_pseudo, length, generator)
+        for start in range(0, length, self.block_size):
+            yield from labeled[start : start + self.block_size]
+            yield from mixed[start : start + self.block_size]
+
+
+def _world_size(config: dict[str, Any]) -> int:
+    trainer = config["trainer"]
+    devices = trainer["devices"]
+    if isinstance(devices, (list, tuple)):
+        devices = len(devices)
+    if not isinstance(devices, int) or devices < 1:
+        # "auto" / -1: the number is only known to Lightning; one process is the common case here.
+        devices = 1
+    return devices * int(trainer["num_nodes"])
+
+
+def pseudo_label_dataset(config: dict[str, Any], *, transform: Any = None) -> CocoDetectionDataset:
+    """The pseudo-labeled images of ``data.pseudo_labels_json``.
+
+    ``data.pseudo_labels_images`` is the folder their ``file_name`` entries are relative to; for
+    the synthetic dataset it defaults to the folder of its ``unlabeled`` split.
+
+    Raises:
+        ConfigError: no image folder is configured and none can be inferred.
+        DatasetError: the json or its images are missing or malformed.
+    """
+    data = config["data"]
+    json_path = Path(data["pseudo_labels_json"]).expanduser()
+    images = data["pseudo_labels_images"]
+    if not images:
+        paths = resolve_data_paths(config) if data["dataset"] == "synthetic" else {}
+        if "unlabeled_images" not in paths:
+            raise ConfigError(
+                f"data.pseudo_labels_images must be set to the image folder of data.pseudo_labels_json={json_path} "
+                "(it can only be left empty for a synthetic dataset with data.synthetic.num_unlabeled > 0)"
+            )
+        images = paths["unlabeled_images"]
+    return CocoDetectionDataset(json_path, Path(images).expanduser(), transform=transform)
+
+
+def build_train_loader(config: dict[str, Any], train_set: CocoDetectionDataset) -> DataLoader:
+    """The training loader: plain, or alternating with pseudo-labels when ``data.pseudo_labels_json`` is set.
+
+    Raises:
+        ConfigError / DatasetError: the pseudo-label json, its images or its categories do not fit.
+    """
+    data = config["data"]
+    if not data["pseudo_labels_json"]:
+        return build_loader(config, train_set, train=True)
+    pseudo = pseudo_label_dataset(config, transform=train_set.transform)
+    if pseudo.category_ids != train_set.category_ids:
+        raise DatasetError(
+            f"pseudo-label file {pseudo.coco_json_path} has category ids {pseudo.category_ids} but the training "
+            f"annotations {train_set.coco_json_path} have {train_set.category_ids}; label with a teacher of this dataset"
+        )
+    batch_size = int(config["solver"]["batch_size"])
+    sampler = AlternatingSampler(
+        len(train_set), len(pseudo), batch_size, seed=int(config["trainer"]["seed"]), world_size=_world_size(config)
+    )
+    workers = int(data["num_workers"])
+    return DataLoader(
+        ConcatDataset([train_set, pseudo]),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        collate_fn=DetectionCollator(data["size_divisibility"]),
+    )
+
+
+# Pseudo-label generation -------------------------------------------------------------------------
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(width, height)`` from the image header."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except Exception as exc:  # PIL raises many types for unreadable files
+        raise DatasetError(f"image file {path} cannot be read: {type(exc).__name__}: {exc}") from None
+
+
+def image_records(images: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> tuple[list[dict], Path]:
+    """The images to label and the folder their file names are relative to.
+
+    Args:
+        images: a folder (every file with an image suffix directly inside it, sorted by name, ids
+            1..n) or a COCO json whose ``images`` list names them (its ids are kept; annotations,
+            if any, are ignored).
+        image_root: folder of the json's ``file_name`` entries; defaults to the json's folder.
+
+    Returns:
+        ``(records, root)``: ``{"id", "file_name", "width", "height"}`` per image.
+
+    Raises:
+        DatasetError: nothing to label, or an unreadable json or image.
+    """
+    source = Path(images).expanduser()
+    if source.is_dir():
+        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DatasetError(f"--images {source}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+        records = []
+        for image_id, path in enumerate(files, start=1):
+            width, height = _image_size(path)
+            records.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
+        return records, source
+    if not source.is_file():
+        raise DatasetError(f"--images {source}: no such image folder or COCO json")
+    try:
+        data = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DatasetError(f"--images {source}: cannot be read as json: {exc}") from None
+    entries = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not entries:
+        raise DatasetError(f"--images {source}: expected a COCO json with a non-empty \"images\" list")
+    root = Path(image_root).expanduser() if image_root else source.parent
+    records, seen = [], set()
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not entry.get("file_name"):
+            raise DatasetError(f"--images {source}: image #{k} needs an integer id and a file_name")
+        if entry["id"] in seen:
+            raise DatasetError(f"--images {source}: image id {entry['id']} appears twice")
+        seen.add(entry["id"])
+        width, height = entry.get("width"), entry.get("height")
+        if not (isinstance(width, int) and isinstance(height, int)):
+            width, height = _image_size(root / entry["file_name"])
+        records.append({"id": entry["id"], "file_name": entry["file_name"], "width": width, "height": height})
+    return records, root
+
+
+def _training_categories(config: dict[str, Any], num_classes: int) -> list[dict]:
+    """The ``categories`` of the teacher's training json, checked against its class count."""
+    train_json = resolve_data_paths(config)["train_json"]
+    try:
+        categories = json.loads(Path(train_json).read_text(encoding="utf-8"))["categories"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise DatasetError(f"teacher training annotations {train_json}: cannot read its categories ({exc})") from None
+    categories = sorted(categories, key=lambda c: c["id"])
+    if len(categories) != num_classes:
+        raise ConfigError(
+            f"the teacher predicts {num_classes} classes (model.num_classes) but its training annotations "
+            f"{train_json} have {len(categories)} categories"
+        )
+    return categories
+
+
+def generate_pseudo_labels(
+    model: nn.Module,
+    config: dict[str, Any],
+    images: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    image_root: str | os.PathLike | None = None,
+    score_threshold: float = 0.4,
+    device: str | torch.device = "cpu",
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Label ``images`` with a trained detector and write a COCO json atomically.
+
+    The detector runs with its config's test transforms; boxes are mapped back to original image
+    pixels. Detections scoring at least ``score_threshold`` (and above the model's own
+    ``score_thresh``, which filters first) become annotations with their ``score``; images
+    without any keep an entry in ``images`` and act as background. Categories are those of the
+    teacher's training json, so the file is read by :class:`CocoDetectionDataset` with the same
+    label mapping as the labeled set.
+
+    Args:
+        model: the trained detector (weights loaded).
+        config: its config (test transforms, training json, precision).
+        images: image folder or COCO image-info json (see :func:`image_records`).
+        out: the json to write.
+        image_root: folder of a json's ``file_name`` entries.
+        score_threshold: minimum detection score kept.
+        device: where the detector runs.
+        batch_size: images per forward pass; defaults to ``trainer.eval_batch_size``.
+
+    Returns:
+        ``{"path", "image_root", "num_images", "num_annotations"}``.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
+    records, root = image_records(images, image_root=image_root)
+    categories = _training_categories(config, int(config["model"]["num_classes"]))
+    data = config["data"]
+    transform = build_transforms(
+        train=False,
+        short_sides=[data["test_short_side"]],
+        max_size=data["test_max_size"],
+        mean=data["pixel_mean"],
+        std=data["pixel_std"],
+    )
+    with tempfile.TemporaryDirectory(prefix="msadkit-pseudo-") as tmp:
+        # CocoDetectionDataset validates and loads the images; it reads an image-info json.
+        info_json = Path(tmp) / "images.json"
+        info_json.write_text(json.dumps({"images": records, "annotations": [], "categories": categories}))
+        dataset = CocoDetectionDataset(info_json, root, transform=transform)
+        loader = build_loader(config, dataset, train=False, batch_size=batch_size)
+        results = predict_coco_results(
+            model.to(device),
+            loader,
+            [c["id"] for c in categories],
+            device=device,
+            precision=config["trainer"]["precision"],
+        )
+    annotations = []
+    for result in results:
+        x, y, w, h = result["bbox"]
+        if result["score"] < score_threshold or w <= 0 or h <= 0:
+            continue
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": result["image_id"],
+                "category_id": result["category_id"],
+                "bbox": [float(x), float(y), float(w), float(h)],
+                "area": float(w * h),
+                "iscrowd": 0,
+                "score": float(result["score"]),
+            }
+        )
+    coco = {
+        "info": {"description": "msadkit teacher pseudo-labels", "score_threshold": score_threshold},
+        "images": records,
+        "annotations": annotations,
+        "categories": categories,
+    }
+    path = write_text_atomic(out, json.dumps(coco, separators=(",", ":")))
+    return {"path": path, "image_root": root, "num_images": len(records), "num_annotations": len(annotations)}
