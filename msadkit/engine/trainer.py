@@ -32,6 +32,7 @@ from msadkit.engine.run_folder import (
     write_json_atomic,
     write_run_config,
 )
+from msadkit.engine.semi_supervised import build_train_loader
 from msadkit.engine.task import DetectionTask
 from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.build import build_model
@@ -134,6 +135,8 @@ def train(
     resume_from = _check_run_dir(run_dir, resume)
     L.seed_everything(int(config["trainer"]["seed"]), workers=True, verbose=False)
     train_set = build_dataset(config, "train")
+    # Plain, or alternating with teacher pseudo-labels when data.pseudo_labels_json is set (SAD).
+    train_loader = build_train_loader(config, train_set)
     val_set = build_dataset(config, "val") if evaluate else None
     model = build_model(config)
     if config["trainer"]["channels_last"]:
@@ -142,7 +145,7 @@ def train(
     trainer = _trainer(config, run_dir, callbacks)
     if trainer.is_global_zero:
         write_run_config(run_dir, config)
-    trainer.fit(task, train_dataloaders=build_loader(config, train_set, train=True), ckpt_path=resume_from)
+    trainer.fit(task, train_dataloaders=train_loader, ckpt_path=resume_from)
     if trainer.is_global_zero:
         save_atomic({"model": export_weights(model), "config": config}, run_dir / FINAL_WEIGHTS_NAME)
         if evaluate:
