@@ -35,13 +35,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
 from msadkit.errors import MsadkitError
+from msadkit.utils.atomic import write_text_atomic
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -196,7 +196,7 @@ def table_to_csv(
     writer.writeheader()
     for row in rows:
         writer.writerow({column: _csv_value(row.get(column)) for column in columns})
-    _write_text_atomic(Path(path), buffer.getvalue())
+    write_text_atomic(Path(path), buffer.getvalue())
 
 
 def format_cell(column: str, value: Any) -> str:
@@ -301,14 +301,3 @@ def _derived_capacity(backbone: str | None, width: float | None, resolution: str
     return total / backbone_gmacs(1.0, 50, *HIGH_RES)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,8 +10,9 @@ import torch
 from torch import nn
 
 from msadkit.errors import CheckpointError
+from msadkit.utils.atomic import atomic_write
 
-__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict"]
+__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict", "key_problems"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -22,20 +22,9 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     :func:`os.replace`, which is atomic on POSIX and Windows; an interrupted save leaves no
     half-written checkpoint behind.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    return path
+    with atomic_write(path, "wb") as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
 def load_checkpoint_file(path: str | os.PathLike) -> dict:
@@ -57,6 +46,18 @@ def _format_keys(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:
+    """Human-readable lists of missing, unexpected and misshapen keys (empty when all fit)."""
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_format_keys(sorted(missing))}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_format_keys(sorted(unexpected))}")
+    if mismatched:
+        problems.append(f"shape mismatch: {_format_keys(sorted(mismatched))}")
+    return problems
+
+
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Load ``state_dict`` into ``model``; any missing, unexpected or misshapen key is an error.
 
@@ -73,13 +74,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tens
         for k in set(own) & set(state_dict)
         if tuple(own[k].shape) != tuple(state_dict[k].shape)
     )
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_format_keys(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_format_keys(unexpected)}")
-    if mismatched:
-        problems.append(f"shape mismatch: {_format_keys(mismatched)}")
+    problems = key_problems(missing, unexpected, mismatched)
     if problems:
         raise CheckpointError(f"checkpoint {source} does not fit {type(model).__name__}: " + "; ".join(problems))
     model.load_state_dict(state_dict, strict=True)

@@ -45,7 +45,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
+from msadkit.engine.checkpoint import key_problems, load_checkpoint_file, load_state_dict_strict
 from msadkit.errors import CheckpointError
 from msadkit.modeling.norm import FrozenBatchNorm2d, get_norm
 from msadkit.modeling.resnet import RESNET_STRIDES, check_image_batch, freeze_stages
@@ -229,11 +229,6 @@ def _official_modules(model: SlimmableResNet50) -> list[tuple[str, str, bool]]:
     return pairs
 
 
-def _format_keys(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_slimmable_checkpoint(model: SlimmableResNet50, path: str | os.PathLike, width: float) -> None:
     """Fill ``model`` from the official multi-width checkpoint at ``width``.
 
@@ -320,13 +315,7 @@ def load_slimmable_checkpoint(model: SlimmableResNet50, path: str | os.PathLike,
     unexpected += [f"{prefix}{k}" for k in stored if k not in known]
     missing += [f"{k} (no checkpoint key maps to it)" for k in own if k not in covered]
 
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_format_keys(sorted(missing))}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_format_keys(sorted(unexpected))}")
-    if misfit:
-        problems.append(f"shape mismatch: {_format_keys(sorted(misfit))}")
+    problems = key_problems(missing, unexpected, misfit)
     if problems:
         raise CheckpointError(
             f"checkpoint {path} does not fit the slimmable ResNet-50 at width {width}: " + "; ".join(problems)
