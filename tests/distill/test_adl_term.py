@@ -227,3 +227,39 @@ def test_strides_mismatch_is_a_config_error():
 def test_bad_options_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         build_term({"type": "adl", **options}, student=tiny_fcos(8), teacher=tiny_fcos(16), config={})
+
+
+def save_random_teacher(path, name: str, overrides: list[str]):
+    """A teacher checkpoint (``{"model", "config"}``) of a freshly built model: enough to run the distiller."""
+    from msadkit.config import load_config
+    from msadkit.engine.checkpoint import save_atomic
+    from msadkit.modeling.build import build_model
+
+    config = load_config(name, overrides)
+    return save_atomic({"model": build_model(config).state_dict(), "config": config}, path)
+
+
+def test_adl_distillation_run_through_train(tmp_path, tiny_overrides):
+    from msadkit.config import load_config
+    from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
+    from msadkit.engine.metrics_logger import read_metrics
+    from msadkit.engine.trainer import train
+    from msadkit.modeling.build import build_model
+
+    # The teacher is wider (width 0.5, 48 FPN channels) than the student (width 0.25, 32 channels).
+    teacher = save_random_teacher(
+        tmp_path / "teacher.pth",
+        "adl/retinanet_teacher_demo",
+        tiny_overrides(tmp_path / "teacher", arch="retinanet") + ["model.fpn.out_channels=48"],
+    )
+    run = tmp_path / "adl"
+    config = load_config("adl/retinanet_adl_demo", tiny_overrides(run, arch="retinanet") + [f"distill.teacher={teacher}"])
+    assert train(config) == run
+    records = read_metrics(run / "metrics.jsonl")
+    assert [r["iter"] for r in records] == [1, 2]
+    assert all(r["loss_adl_cls"] > 0 for r in records)
+    assert (run / "eval.json").is_file()
+    # The final weights are the student's alone: they load strictly into a plain detector.
+    student = build_model(config, for_inference=True)
+    assert isinstance(student, RetinaNet)
+    load_state_dict_strict(student, load_checkpoint_file(run / "model_final.pth")["model"], "model_final.pth")

@@ -241,3 +241,37 @@ def test_mismatched_teacher_and_bad_options_are_config_errors():
         build_term({"type": "gid", "topk": 5}, student=tiny_fcos(8), teacher=tiny_fcos(8), config={})
     with pytest.raises(ConfigError, match="adapter_kernel_size must be 1 or 3"):
         build_term({"type": "gid", "adapter_kernel_size": 2}, student=tiny_fcos(8), teacher=tiny_fcos(4), config={})
+
+
+@pytest.mark.parametrize(
+    ("student_config", "teacher_config", "arch", "keys"),
+    [
+        ("gid/retinanet_gid_demo", "adl/retinanet_teacher_demo", "retinanet", KEYS),
+        ("gid/retinanet_gid_msad_demo", "adl/retinanet_teacher_demo", "retinanet", KEYS | {"loss_msad_feature"}),
+        ("gid/fcos_gid_demo", "gid/fcos_teacher_demo", "fcos", KEYS),
+    ],
+)
+def test_gid_distillation_runs_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, keys):
+    from msadkit.config import load_config
+    from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
+    from msadkit.engine.metrics_logger import read_metrics
+    from msadkit.engine.trainer import train
+    from msadkit.modeling.build import build_model
+
+    # A wider teacher FPN (48 channels against the student's 32) makes the term build adapters.
+    teacher_cfg = load_config(teacher_config, tiny_overrides(tmp_path / "teacher", arch=arch) + ["model.fpn.out_channels=48"])
+    teacher = save_atomic({"model": build_model(teacher_cfg).state_dict(), "config": teacher_cfg}, tmp_path / "t.pth")
+    run = tmp_path / "student"
+    config = load_config(student_config, tiny_overrides(run, arch=arch) + [f"distill.teacher={teacher}"])
+    train(config, evaluate=False)
+    records = read_metrics(run / "metrics.jsonl")
+    assert len(records) == 2
+    for record in records:
+        assert keys <= set(record)
+        assert all(isinstance(record[k], float) for k in keys)  # finite (non-finite values are strings)
+    # Adapters are part of the training state (checkpointed, resumable) but not of the student.
+    state = load_checkpoint_file(run / "checkpoints" / "last.ckpt")["state_dict"]
+    assert "model.distill_losses.0.adapters.0.weight" in state
+    final = load_checkpoint_file(run / "model_final.pth")["model"]
+    assert not any("adapters" in key for key in final)
+    load_state_dict_strict(build_model(config, for_inference=True), final, "model_final.pth")
