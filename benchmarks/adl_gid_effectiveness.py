@@ -1,0 +1,286 @@
+"""ADL, SAD and GID on the synthetic dataset: does distillation beat the baseline student?
+
+Trains, from the packaged demo configs:
+
+- the teacher ``adl/retinanet_teacher_demo`` (slimmable R-50 width 0.5, longer schedule), once;
+- its pseudo-labels on the synthetic ``unlabeled`` split (``msadkit pseudo-label``);
+- for every ``trainer.seed``, the width-0.25 RetinaNet student as baseline
+  (``adl/retinanet_student_demo``), with ADL (``adl/retinanet_adl_demo``), with ADL on labeled +
+  pseudo-labeled images (``adl/retinanet_sad_demo``), with GID (``gid/retinanet_gid_demo``) and
+  with GID + MSAD features (``gid/retinanet_gid_msad_demo``),
+
+each run in its own single-threaded process (``--jobs`` at a time), then prints the COCO AP table
+(mean ± std over seeds, and each method's gain over the baseline) and, with ``--results``, writes
+it into that Markdown file under the heading ``## ADL and GID on the synthetic dataset``
+(replacing an older version of the section).
+
+Run folders that already hold an ``eval.json`` are reused, so an interrupted sweep continues where
+it stopped and ``--table-only`` reprints the table.
+
+    MSADKIT_CACHE=/tmp/msadcache python benchmarks/adl_gid_effectiveness.py --out runs/adl_gid \\
+        --results benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import environment_lines  # noqa: E402
+
+HEADING = "## ADL and GID on the synthetic dataset"
+TEACHER = "teacher"
+STUDENTS = {
+    # name: (packaged config, label)
+    "baseline": ("adl/retinanet_student_demo", "student baseline (width 0.25)"),
+    "adl": ("adl/retinanet_adl_demo", "+ ADL"),
+    "sad": ("adl/retinanet_sad_demo", "+ ADL with pseudo-labels (SAD)"),
+    "gid": ("gid/retinanet_gid_demo", "+ GID"),
+    "gid_msad": ("gid/retinanet_gid_msad_demo", "+ GID + MSAD features"),
+}
+TEACHER_CONFIG = "adl/retinanet_teacher_demo"
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def run_dir(out: Path, method: str, seed: int | None = None) -> Path:
+    return out / (method if seed is None else f"{method}_s{seed}")
+
+
+def pseudo_labels(out: Path) -> Path:
+    return run_dir(out, TEACHER) / "pseudo_labels.json"
+
+
+def schedule(iters: int) -> list[str]:
+    # The demo schedule's shape: LR steps at 80 % and 93 % of training, warm-up over the first 1/6.
+    return [
+        f"solver.max_iter={iters}",
+        f"solver.steps=[{int(iters * 0.8)}, {int(iters * 0.93)}]",
+        f"solver.warmup_iters={max(1, iters // 6)}",
+        f"trainer.checkpoint_period={iters}",
+    ]
+
+
+def data_overrides(args: argparse.Namespace) -> list[str]:
+    size = args.image_size
+    return [
+        f"data.synthetic.image_size={size}",
+        f"data.synthetic.num_val={args.num_val}",
+        f"data.synthetic.num_unlabeled={args.num_unlabeled}",
+        # Multi-scale training around the image size, as the 256 px demo does (224..288).
+        f"data.train_short_sides=[{size * 7 // 8}, {size}, {size * 9 // 8}]",
+        f"data.train_max_size={2 * size}",
+        f"data.test_short_side={size}",
+        f"data.test_max_size={2 * size}",
+        "trainer.progress_bar=false",
+    ]
+
+
+def teacher_command(args: argparse.Namespace) -> list[str]:
+    overrides = [
+        f"output_dir={run_dir(args.out, TEACHER)}",
+        "trainer.seed=0",
+        *schedule(args.teacher_iters),
+        *data_overrides(args),
+        *args.overrides,
+    ]
+    return [sys.executable, "-m", "msadkit.cli", "train", TEACHER_CONFIG, *overrides]
+
+
+def pseudo_label_command(args: argparse.Namespace) -> list[str]:
+    return [
+        sys.executable, "-m", "msadkit.cli", "pseudo-label",
+        "--teacher", str(run_dir(args.out, TEACHER)),
+        "--score-threshold", str(args.score_threshold),
+        "--out", str(pseudo_labels(args.out)),
+    ]
+
+
+def student_command(args: argparse.Namespace, method: str, seed: int) -> list[str]:
+    overrides = [
+        f"output_dir={run_dir(args.out, method, seed)}",
+        f"trainer.seed={seed}",
+        *schedule(args.iters),
+        *data_overrides(args),
+    ]
+    if method != "baseline":
+        overrides.append(f"distill.teacher={run_dir(args.out, TEACHER)}")
+    if method == "sad":
+        overrides.append(f"data.pseudo_labels_json={pseudo_labels(args.out)}")
+    return [sys.executable, "-m", "msadkit.cli", "train", STUDENTS[method][0], *overrides, *args.overrides]
+
+
+def launch(args: argparse.Namespace, command: list[str], folder: Path, threads: int) -> subprocess.Popen:
+    folder.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if command[3] == "train" and (folder / "checkpoints" / "last.ckpt").is_file():
+        command = [*command, "--resume"]  # an interrupted sweep continues the run
+    log = open(folder / ("pseudo_label.log" if command[3] == "pseudo-label" else "train.log"), "a")
+    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def done(out: Path, method: str, seed: int | None = None) -> bool:
+    return (run_dir(out, method, seed) / "eval.json").is_file()
+
+
+def prepare_teacher(args: argparse.Namespace) -> dict[str, float]:
+    """Train the teacher and write its pseudo-labels unless already there; wall seconds of each."""
+    walls = {}
+    steps = [
+        ("teacher", lambda: done(args.out, TEACHER), teacher_command(args)),
+        ("pseudo-labels", lambda: pseudo_labels(args.out).is_file(), pseudo_label_command(args)),
+    ]
+    for name, finished, command in steps:
+        if finished():
+            continue
+        start = time.time()
+        print(f"   started {name}", flush=True)
+        # Nothing else runs meanwhile, so the teacher gets every thread of the job slots.
+        code = launch(args, command, run_dir(args.out, TEACHER), args.jobs * args.threads).wait()
+        walls[name] = time.time() - start
+        if code != 0 or not finished():
+            raise RuntimeError(f"{name} failed (exit {code}); see the logs in {run_dir(args.out, TEACHER)}")
+        print(f"   {name}: done in {walls[name] / 60:.1f} min", flush=True)
+    return walls
+
+
+def sweep(args: argparse.Namespace) -> dict[tuple[str, int], float]:
+    """Train every (student, seed) not done yet, ``args.jobs`` at a time; wall seconds per run."""
+    pending = [(m, s) for s in args.seeds for m in args.methods if not done(args.out, m, s)]
+    running: dict[tuple[str, int], tuple[subprocess.Popen, float]] = {}
+    walls: dict[tuple[str, int], float] = {}
+    while pending or running:
+        for key, (process, start) in list(running.items()):
+            code = process.poll()
+            if code is None:
+                continue
+            del running[key]
+            walls[key] = time.time() - start
+            status = "done" if code == 0 and done(args.out, *key) else f"FAILED (exit {code}, see train.log)"
+            print(f"   {key[0]} seed {key[1]}: {status} in {walls[key] / 60:.1f} min", flush=True)
+        while pending and len(running) < args.jobs:
+            key = pending.pop(0)
+            folder = run_dir(args.out, *key)
+            running[key] = (launch(args, student_command(args, *key), folder, args.threads), time.time())
+            print(f"   started {key[0]} seed {key[1]}", flush=True)
+        time.sleep(5)
+    return walls
+
+
+def load_eval(out: Path, method: str, seed: int | None = None) -> dict[str, float]:
+    return json.loads((run_dir(out, method, seed) / "eval.json").read_text())
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {std:.1f}"
+
+
+def format_table(args: argparse.Namespace) -> str:
+    lines = [
+        "| model | seeds | " + " | ".join(METRICS) + " | AP gain over baseline |",
+        "|---|---|" + "---|" * len(METRICS) + "---|",
+    ]
+    if done(args.out, TEACHER):
+        teacher = load_eval(args.out, TEACHER)
+        cells = [f"{teacher[m]:.1f}" if teacher[m] == teacher[m] else "n/a" for m in METRICS]
+        lines.append("| teacher (width 0.5, seed 0) | 1 | " + " | ".join(cells) + " | |")
+    baseline = None
+    for method in args.methods:
+        rows = {s: load_eval(args.out, method, s) for s in args.seeds if done(args.out, method, s)}
+        if not rows:
+            continue
+        cells = [mean_std([row[m] for row in rows.values()]) for m in METRICS]
+        if method == "baseline":
+            baseline = {s: row["AP"] for s, row in rows.items()}
+            gain = ""
+        elif baseline:
+            # Paired by seed: the same seed gives the same data order and initialisation.
+            diffs = [rows[s]["AP"] - baseline[s] for s in rows if s in baseline]
+            gain = mean_std(diffs).replace(" ± ", " (± ") + ")" if diffs else ""
+            gain = gain if not gain or gain.startswith("-") else "+" + gain
+        else:
+            gain = ""
+        lines.append(f"| {STUDENTS[method][1]} | {len(rows)} | " + " | ".join(cells) + f" | {gain} |")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str) -> None:
+    """Put ``HEADING`` + ``body`` into ``path``, replacing the old section (up to the next ``## ``)."""
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    section = f"{HEADING}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/adl_gid_effectiveness"), help="folder of the run folders")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trainer.seed values of the students")
+    parser.add_argument("--methods", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    parser.add_argument("--iters", type=int, default=300, help="iterations of every student run")
+    parser.add_argument("--teacher-iters", type=int, default=600, help="iterations of the teacher run")
+    parser.add_argument("--image-size", type=int, default=256, help="side of the synthetic images")
+    parser.add_argument("--num-val", type=int, default=64, help="validation images")
+    parser.add_argument("--num-unlabeled", type=int, default=256, help="unlabeled images for the pseudo-labels")
+    parser.add_argument("--score-threshold", type=float, default=0.4, help="pseudo-label score threshold")
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--results", type=Path, help="Markdown file to write the table into")
+    parser.add_argument("--table-only", action="store_true", help="print the table of the finished runs")
+    parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. solver.batch_size=8")
+    args = parser.parse_args()
+
+    header = environment_lines()
+    for line in header:
+        print(line)
+    settings = (
+        f"{args.image_size} px synthetic images ({args.num_val} val, {args.num_unlabeled} unlabeled), students "
+        f"{args.iters} iterations, teacher {args.teacher_iters}, seeds {args.seeds}, pseudo-label threshold "
+        f"{args.score_threshold}, {args.jobs} runs at a time with {args.threads} thread(s) each"
+    )
+    print(f"runs: {args.out}; {settings}")
+    start = time.time()
+    if not args.table_only:
+        prepare_teacher(args)
+        walls = sweep(args)
+        for method in args.methods:
+            times = [walls[(method, s)] for s in args.seeds if (method, s) in walls]
+            if times:
+                print(f"   {method}: {statistics.mean(times) / 60:.1f} min per run (mean of {len(times)})")
+    wall = (time.time() - start) / 60
+    print(f"sweep wall time: {wall:.1f} min")
+    table = format_table(args)
+    print()
+    print(table)
+    if args.results is not None and not args.table_only:
+        body = "\n".join(
+            [
+                *(f"- {line}" for line in header),
+                f"- settings: {settings}",
+                f"- wall time of this invocation: {wall:.1f} min (runs reused from an earlier invocation not counted)",
+                "",
+                table,
+            ]
+        )
+        write_section(args.results, body)
+        print(f"\nwritten to {args.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
