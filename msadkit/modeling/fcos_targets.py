@@ -14,6 +14,7 @@ __all__ = [
     "compute_locations",
     "assign_fcos_targets",
     "centerness_target",
+    "ASSIGNMENT_CHUNK_ELEMENTS",
 ]
 
 DEFAULT_SIZES_OF_INTEREST: tuple[tuple[float, float], ...] = (
@@ -23,6 +24,10 @@ DEFAULT_SIZES_OF_INTEREST: tuple[tuple[float, float], ...] = (
     (256.0, 512.0),
     (512.0, float("inf")),
 )
+
+# Upper bound on the elements of one (images, locations, boxes) tensor during assignment; about
+# 64 MB in float32, so a large batch of crowded images is assigned a few images at a time.
+ASSIGNMENT_CHUNK_ELEMENTS = 1 << 24
 
 
 def compute_locations(
@@ -87,7 +92,11 @@ def assign_fcos_targets(
     A location is a candidate for a box when it lies inside the box's centre region (the box
     centre +- ``radius * stride``, clipped to the box; the whole box when the radius is 0) and the
     largest of its four distances to the box sides falls within its level's size of interest.
-    Among candidates, the box with the smallest area wins.
+    Among candidates, the box with the smallest area wins (the first such box on a tie).
+
+    Images are processed together, their boxes padded to the largest count ``M``; the
+    ``(n, R, M)`` candidate tests run on groups of images small enough to keep each such tensor
+    under :data:`ASSIGNMENT_CHUNK_ELEMENTS` elements.
 
     Args:
         locations: per level ``(Hi*Wi, 2)`` from :func:`compute_locations`.
@@ -101,6 +110,7 @@ def assign_fcos_targets(
         raise ValueError(f"{len(locations)} levels but only {len(sizes_of_interest)} sizes of interest")
     points = torch.cat(locations, dim=0)
     device = points.device
+    num_points = points.shape[0]
     level_stride = torch.cat(
         [torch.full((len(loc),), float(s), device=device) for loc, s in zip(locations, strides)]
     )
@@ -110,52 +120,89 @@ def assign_fcos_targets(
             for loc, rng in zip(locations, sizes_of_interest)
         ]
     )
-    num_points = points.shape[0]
-    labels_out, reg_out, matched_out = [], [], []
-    for target in targets:
-        boxes = target["boxes"].to(device=device, dtype=torch.float32)
-        gt_labels = target["labels"].to(device)
-        if boxes.numel() == 0:
-            labels_out.append(torch.full((num_points,), num_classes, dtype=torch.long, device=device))
-            reg_out.append(torch.zeros(num_points, 4, device=device))
-            matched_out.append(torch.full((num_points,), -1, dtype=torch.long, device=device))
-            continue
-        xs, ys = points[:, 0:1], points[:, 1:2]
+    num_images = len(targets)
+    labels = torch.full((num_images, num_points), num_classes, dtype=torch.long, device=device)
+    reg_targets = torch.zeros(num_images, num_points, 4, device=device)
+    matched_gt = torch.full((num_images, num_points), -1, dtype=torch.long, device=device)
+    max_boxes = max((len(target["boxes"]) for target in targets), default=0)
+    if max_boxes == 0:
+        return FCOSTargets(labels=labels, reg_targets=reg_targets, matched_gt=matched_gt)
+
+    # Padded boxes are never candidates (``valid`` is False), so their coordinates do not matter.
+    boxes = torch.zeros(num_images, max_boxes, 4, device=device)
+    gt_labels = torch.full((num_images, max_boxes), num_classes, dtype=torch.long, device=device)
+    valid = torch.zeros(num_images, max_boxes, dtype=torch.bool, device=device)
+    for index, target in enumerate(targets):
+        count = len(target["boxes"])
+        boxes[index, :count] = target["boxes"].to(device=device, dtype=torch.float32)
+        gt_labels[index, :count] = target["labels"].to(device=device, dtype=torch.long)
+        valid[index, :count] = True
+
+    chunk = max(1, ASSIGNMENT_CHUNK_ELEMENTS // (num_points * max_boxes))
+    for first in range(0, num_images, chunk):
+        images = slice(first, first + chunk)
+        gt_index, positive = _match_locations(
+            points,
+            level_stride,
+            level_range,
+            boxes[images],
+            valid[images],
+            center_sampling_radius=center_sampling_radius,
+        )
+        labels[images] = torch.where(positive, gt_labels[images].gather(1, gt_index), num_classes)
+        matched_gt[images] = torch.where(positive, gt_index, -1)
+        assigned = boxes[images].gather(1, gt_index[..., None].expand(-1, -1, 4))  # (n, R, 4)
+        xs, ys = points[:, 0], points[:, 1]
         ltrb = torch.stack(
-            [xs - boxes[:, 0], ys - boxes[:, 1], boxes[:, 2] - xs, boxes[:, 3] - ys], dim=2
-        )  # (R, M, 4)
-        if center_sampling_radius > 0:
-            centre_x = (boxes[:, 0] + boxes[:, 2]) / 2
-            centre_y = (boxes[:, 1] + boxes[:, 3]) / 2
-            radius = level_stride[:, None] * center_sampling_radius
-            region = torch.stack(
-                [
-                    torch.maximum(centre_x - radius, boxes[:, 0]),
-                    torch.maximum(centre_y - radius, boxes[:, 1]),
-                    torch.minimum(centre_x + radius, boxes[:, 2]),
-                    torch.minimum(centre_y + radius, boxes[:, 3]),
-                ],
-                dim=2,
-            )
-            region_ltrb = torch.stack(
-                [xs - region[..., 0], ys - region[..., 1], region[..., 2] - xs, region[..., 3] - ys], dim=2
-            )
-            inside = region_ltrb.min(dim=2).values > 0
-        else:
-            inside = ltrb.min(dim=2).values > 0
-        max_distance = ltrb.max(dim=2).values
-        in_range = (max_distance >= level_range[:, 0:1]) & (max_distance <= level_range[:, 1:2])
-        areas = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[None].expand(num_points, -1)
-        areas = areas.masked_fill(~(inside & in_range), float("inf"))
-        min_area, gt_index = areas.min(dim=1)
-        positive = torch.isfinite(min_area)
-        labels = gt_labels[gt_index].clone()
-        labels[~positive] = num_classes
-        reg = ltrb[torch.arange(num_points, device=device), gt_index] / level_stride[:, None]
-        reg[~positive] = 0
-        labels_out.append(labels)
-        reg_out.append(reg)
-        matched_out.append(torch.where(positive, gt_index, torch.full_like(gt_index, -1)))
-    return FCOSTargets(
-        labels=torch.stack(labels_out), reg_targets=torch.stack(reg_out), matched_gt=torch.stack(matched_out)
-    )
+            [xs - assigned[..., 0], ys - assigned[..., 1], assigned[..., 2] - xs, assigned[..., 3] - ys], dim=2
+        )
+        reg_targets[images] = (ltrb / level_stride[:, None]).masked_fill(~positive[..., None], 0.0)
+    return FCOSTargets(labels=labels, reg_targets=reg_targets, matched_gt=matched_gt)
+
+
+def _match_locations(
+    points: Tensor,
+    level_stride: Tensor,
+    level_range: Tensor,
+    boxes: Tensor,
+    valid: Tensor,
+    *,
+    center_sampling_radius: float,
+) -> tuple[Tensor, Tensor]:
+    """The smallest candidate box of every location for a group of ``n`` images.
+
+    Args:
+        points: ``(R, 2)`` location centres.
+        level_stride: ``(R,)`` stride of each location's level.
+        level_range: ``(R, 2)`` size-of-interest range of each location's level.
+        boxes: ``(n, M, 4)`` padded xyxy boxes.
+        valid: ``(n, M)`` False at padding.
+
+    Returns:
+        ``(n, R)`` index of the chosen box (meaningless where not positive) and ``(n, R)``
+        whether the location has a candidate at all.
+    """
+    # Every (n, R, M) tensor below is built from the four side distances separately: stacking
+    # them into one (n, R, M, 4) tensor costs more than the comparisons themselves.
+    xs = points[:, 0].view(1, -1, 1)
+    ys = points[:, 1].view(1, -1, 1)
+    x1, y1, x2, y2 = (boxes[..., side].unsqueeze(1) for side in range(4))  # (n, 1, M) each
+    left, top, right, bottom = xs - x1, ys - y1, x2 - xs, y2 - ys
+    max_distance = torch.maximum(torch.maximum(left, top), torch.maximum(right, bottom))
+    candidate = (max_distance >= level_range[:, 0:1]) & (max_distance <= level_range[:, 1:2])
+    del max_distance
+    if center_sampling_radius > 0:
+        del left, top, right, bottom
+        centre_x = (x1 + x2) / 2
+        centre_y = (y1 + y2) / 2
+        radius = (level_stride * center_sampling_radius).view(1, -1, 1)
+        candidate &= xs - torch.maximum(centre_x - radius, x1) > 0
+        candidate &= ys - torch.maximum(centre_y - radius, y1) > 0
+        candidate &= torch.minimum(centre_x + radius, x2) - xs > 0
+        candidate &= torch.minimum(centre_y + radius, y2) - ys > 0
+    else:
+        candidate &= torch.minimum(torch.minimum(left, top), torch.minimum(right, bottom)) > 0
+    candidate &= valid.unsqueeze(1)
+    areas = ((x2 - x1) * (y2 - y1)).expand_as(candidate).masked_fill(~candidate, float("inf"))
+    min_area, gt_index = areas.min(dim=2)
+    return gt_index, torch.isfinite(min_area)
