@@ -182,7 +182,10 @@ def coco_evaluate_with_summary(
             # loadRes indexes results[0] and fails on an empty list, so build the empty set directly.
             empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
             dt = _make_coco(coco_cls, {**empty, "annotations": []})
-        evaluator = eval_cls(gt, dt, iou_type)
+        # faster-coco-eval prints its summary through a logger by default; handing it print puts the
+        # summary table into the captured text as with pycocotools (it adds two AR lines).
+        extra = {"print_function": print} if backend == "faster_coco_eval" else {}
+        evaluator = eval_cls(gt, dt, iou_type, **extra)
         if selected is not None:
             evaluator.params.imgIds = selected
         evaluator.evaluate()
