@@ -41,7 +41,6 @@ EVAL_BRANCHES = ("fused", "high", "low")
 # Padding to a multiple of 256 makes low-res P_l and high-res P_(l+1) equal in size at every level
 # up to the high-res P7 (stride 128) (METHODS.md §1.2).
 SIZE_DIVISIBILITY = 256
-BRANCH_PREFIXES = ("high_", "low_", "fused_")
 
 
 class MSADTeacher(nn.Module):
