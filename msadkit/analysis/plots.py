@@ -1,0 +1,421 @@
+"""Matplotlib figures of the notebooks: loss curves, AP comparisons, feature maps, alignment
+errors, C-FF weights, general instances and AP against capacity.
+
+Every function returns a ``matplotlib.figure.Figure`` and never calls ``plt.show``; the notebook
+decides whether to display it, save it or both. Figures are built with the object-oriented API on
+a ``Figure`` that pyplot does not track unless asked, so a batch run that makes many of them does
+not accumulate open windows.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "new_figure",
+    "plot_loss_curves",
+    "plot_ap_comparison",
+    "plot_feature_grid",
+    "plot_level_errors",
+    "plot_fusion_weights",
+    "plot_general_instances",
+    "plot_ap_vs_capacity",
+]
+
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+_FEATURE_CMAP = "viridis"
+_ERROR_CMAP = "magma"
+_GT_COLOUR = "#2ca02c"
+_TEACHER_COLOUR = "#d62728"
+_STUDENT_COLOUR = "#1f77b4"
+
+
+def new_figure(*, figsize: tuple[float, float], tracked: bool = True) -> "Figure":
+    """A figure; ``tracked`` registers it with pyplot so that the inline backend shows it."""
+    if tracked:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=figsize)
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
+
+
+def _loss_keys(history: Sequence[Mapping[str, float]]) -> list[str]:
+    keys: list[str] = []
+    for record in history:
+        for key in record:
+            if key not in ("iter", "time", "lr", "loss") and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def plot_loss_curves(
+    histories: Mapping[str, Sequence[Mapping[str, float]]],
+    *,
+    title: str = "training losses",
+    tracked: bool = False,
+) -> "Figure":
+    """Total loss (left) and each loss term (right) against the iteration.
+
+    Args:
+        histories: run label -> records ``{"iter": ..., "loss": ..., "<term>": ...}`` (the lines of
+            ``metrics.jsonl``). Each run has one colour; on the right each term has its own
+            colour and each run its own line style.
+        title: figure title.
+        tracked: register the figure with pyplot.
+    """
+    figure = new_figure(figsize=(12, 4.2), tracked=tracked)
+    total_ax, terms_ax = figure.subplots(1, 2)
+    styles = ["-", "--", ":", "-."]
+    colours = [f"C{i}" for i in range(10)]
+    for run_index, (label, history) in enumerate(histories.items()):
+        iters = [r["iter"] for r in history if _finite(r.get("loss"))]
+        losses = [r["loss"] for r in history if _finite(r.get("loss"))]
+        total_ax.plot(iters, losses, marker="o" if len(iters) < 15 else None, ms=3,
+                      color=colours[run_index % 10], label=label)
+        for term_index, key in enumerate(_loss_keys(history)):
+            points = [(r["iter"], r[key]) for r in history if _finite(r.get(key))]
+            if not points:
+                continue
+            xs, ys = zip(*points)
+            terms_ax.plot(xs, ys, linestyle=styles[run_index % len(styles)], color=colours[term_index % 10],
+                          label=f"{key} ({label})" if len(histories) > 1 else key)
+    total_ax.set(title="total loss", xlabel="iteration", ylabel="loss")
+    terms_ax.set(title="loss terms", xlabel="iteration", ylabel="loss")
+    for ax in (total_ax, terms_ax):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8, loc="upper right")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def plot_ap_comparison(
+    evaluations: Mapping[str, Mapping[str, float]],
+    *,
+    title: str = "COCO AP on the validation split",
+    tracked: bool = False,
+) -> "Figure":
+    """Grouped bars of AP, AP50, AP75, APs, APm, APl, one bar colour per run, values written on top.
+
+    Args:
+        evaluations: run label -> ``eval.json`` metrics (AP in percent; NaN or missing -> no bar).
+    """
+    figure = new_figure(figsize=(10, 4.2), tracked=tracked)
+    ax = figure.subplots()
+    labels = list(evaluations)
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(AP_KEYS))
+    for index, label in enumerate(labels):
+        values = [float(evaluations[label].get(key, math.nan) or math.nan) for key in AP_KEYS]
+        bars = ax.bar(x + (index - (len(labels) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
+        for bar, value in zip(bars, values):
+            text = "-" if math.isnan(value) else f"{value:.1f}"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, AP_KEYS)
+    ax.set(ylabel="AP (%)", title=title)
+    ax.set_ylim(0, max(5.0, ax.get_ylim()[1] * 1.12))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def _upsample(map_2d: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest upsampling of a level map to the image size (features are piecewise constant)."""
+    rows = np.minimum((np.arange(height) * map_2d.shape[0] / height).astype(int), map_2d.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * map_2d.shape[1] / width).astype(int), map_2d.shape[1] - 1)
+    return map_2d[rows][:, cols]
+
+
+def plot_feature_grid(
+    image: np.ndarray,
+    feature_maps: Mapping[str, Sequence[np.ndarray]],
+    error_maps: Sequence[np.ndarray] | None,
+    level_names: Sequence[str],
+    *,
+    valid_size: tuple[int, int] | None = None,
+    error_label: str = "|student - teacher|",
+    title: str = "",
+    alpha: float = 0.6,
+    tracked: bool = False,
+) -> "Figure":
+    """Channel-mean feature maps on the image, one row per pyramid level.
+
+    Columns: the image, then one column per entry of ``feature_maps`` (e.g. teacher high-res,
+    low-res, fused, student), then the absolute alignment error. In a row all feature maps share
+    one colour scale (so teacher and student are comparable), shown by the colour bar after them;
+    the error has its own colour map and bar.
+
+    Args:
+        image: ``(H, W, 3)`` float image in ``[0, 1]`` (the whole padded batch area).
+        feature_maps: column title -> per level ``(Hi, Wi)`` channel-mean maps of the padded area.
+        error_maps: per level ``(Hi, Wi)`` error maps, or None to omit the column.
+        level_names: row titles (e.g. ``"P3 (stride 8)"``).
+        valid_size: ``(h, w)`` of the real image inside the padding; image and maps are cropped to
+            it (a map keeps the cells that overlap it).
+        alpha: opacity of the maps over the greyscale image.
+    """
+    columns = list(feature_maps)
+    has_error = error_maps is not None
+    # image | features... | colour bar | error | colour bar
+    ratios = [1.0] * (1 + len(columns)) + [0.07] + ([1.0, 0.07] if has_error else [])
+    num_rows = len(level_names)
+    figure = new_figure(figsize=(2.3 * (1 + len(columns) + has_error) + 1.4, 2.25 * num_rows + 0.7), tracked=tracked)
+    grid = figure.add_gridspec(num_rows, len(ratios), width_ratios=ratios, wspace=0.08, hspace=0.12)
+    full_h, full_w = image.shape[:2]
+    height, width = valid_size if valid_size is not None else (full_h, full_w)
+    picture = image[:height, :width]
+    grey = picture.mean(axis=2)
+
+    def crop(level_map: np.ndarray) -> np.ndarray:
+        level_map = np.asarray(level_map, dtype=np.float64)
+        rows = max(1, math.ceil(height * level_map.shape[0] / full_h))
+        cols = max(1, math.ceil(width * level_map.shape[1] / full_w))
+        # The kept cells may reach past the valid edge; stretch them over exactly that region.
+        return _upsample(level_map[:rows, :cols], round(rows * full_h / level_map.shape[0]),
+                         round(cols * full_w / level_map.shape[1]))[:height, :width]
+
+    def panel(row: int, col: int) -> Any:
+        ax = figure.add_subplot(grid[row, col])
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return ax
+
+    for row, level in enumerate(level_names):
+        maps = [crop(feature_maps[c][row]) for c in columns]
+        low = min(float(m.min()) for m in maps) if maps else 0.0
+        high = max(float(m.max()) for m in maps) if maps else 1.0
+        high = high if high > low else low + 1e-6
+        ax = panel(row, 0)
+        ax.imshow(picture)
+        ax.set_ylabel(level, fontsize=9)
+        if row == 0:
+            ax.set_title("image", fontsize=9)
+        mappable = None
+        for col, (name, level_map) in enumerate(zip(columns, maps), start=1):
+            ax = panel(row, col)
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+            mappable = ax.imshow(level_map, cmap=_FEATURE_CMAP, vmin=low, vmax=high, alpha=alpha)
+            if row == 0:
+                ax.set_title(name, fontsize=9)
+        if mappable is not None:
+            bar = figure.colorbar(mappable, cax=figure.add_subplot(grid[row, 1 + len(columns)]))
+            bar.ax.tick_params(labelsize=7)
+            if row == 0:
+                bar.ax.set_title("channel\nmean", fontsize=7)
+        if has_error:
+            ax = panel(row, len(ratios) - 2)
+            ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
+            error = crop(error_maps[row])
+            mappable = ax.imshow(error, cmap=_ERROR_CMAP, vmin=0, vmax=max(float(error.max()), 1e-6), alpha=alpha)
+            if row == 0:
+                ax.set_title(error_label, fontsize=9)
+            bar = figure.colorbar(mappable, cax=figure.add_subplot(grid[row, len(ratios) - 1]))
+            bar.ax.tick_params(labelsize=7)
+            if row == 0:
+                bar.ax.set_title("mean |diff|\nover channels", fontsize=7)
+    if title:
+        figure.suptitle(title, y=0.995)
+    return figure
+
+
+def plot_level_errors(
+    errors: Mapping[str, Sequence[float]],
+    level_names: Sequence[str],
+    *,
+    title: str = "feature alignment error per level",
+    ylabel: str = "mean |student - teacher target|",
+    tracked: bool = False,
+) -> "Figure":
+    """Grouped bars of the per-level alignment error, one colour per model (e.g. before / after
+    distillation); values written on the bars.
+
+    Args:
+        errors: label -> one value per level (NaN -> no bar).
+    """
+    figure = new_figure(figsize=(8, 4), tracked=tracked)
+    ax = figure.subplots()
+    labels = list(errors)
+    width = 0.8 / max(1, len(labels))
+    x = np.arange(len(level_names))
+    for index, label in enumerate(labels):
+        values = np.asarray(errors[label], dtype=np.float64)
+        bars = ax.bar(x + (index - (len(labels) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
+        for bar, value in zip(bars, values):
+            ax.annotate("-" if math.isnan(value) else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                        ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+    ax.set_xticks(x, level_names)
+    ax.set(xlabel="pyramid level (teacher naming, stride in input pixels)", ylabel=ylabel, title=title)
+    ax.set_ylim(0, max(1e-6, ax.get_ylim()[1] * 1.12))
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    figure.tight_layout()
+    return figure
+
+
+def plot_fusion_weights(
+    weights: np.ndarray,
+    level_names: Sequence[str],
+    *,
+    image_labels: Sequence[str] | None = None,
+    title: str = "C-FF fusion weights",
+    tracked: bool = False,
+) -> "Figure":
+    """C-FF weights of the MSAD teacher across images and levels.
+
+    Left: the high-resolution weight ``a_H`` per image (rows) and level (columns) as a heat map on a
+    fixed 0..1 scale, values written in the cells (``a_L = 1 - a_H``). Right: per level, the mean
+    ``a_H`` and ``a_L`` over the images as stacked bars.
+
+    Args:
+        weights: ``(N, L, 2)`` softmax weights, ``[..., 0]`` high-res, ``[..., 1]`` low-res.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    num_images, num_levels = weights.shape[:2]
+    image_labels = list(image_labels or [f"image {i}" for i in range(num_images)])
+    figure = new_figure(figsize=(12, 1.0 + 0.55 * max(num_images, 4)), tracked=tracked)
+    heat_ax, bar_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    heat = heat_ax.imshow(weights[..., 0], cmap="coolwarm", vmin=0, vmax=1, aspect="auto")
+    for i in range(num_images):
+        for j in range(num_levels):
+            value = weights[i, j, 0]
+            heat_ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                         color="white" if abs(value - 0.5) > 0.3 else "black")
+    heat_ax.set_xticks(range(num_levels), level_names)
+    heat_ax.set_yticks(range(num_images), image_labels)
+    heat_ax.set(title="high-res weight a_H per image (a_L = 1 - a_H)", xlabel="level")
+    bar = figure.colorbar(heat, ax=heat_ax, fraction=0.046, pad=0.02)
+    bar.set_label("a_H (1 = only high-res)")
+    mean = weights.mean(axis=0)
+    x = np.arange(num_levels)
+    bar_ax.bar(x, mean[:, 0], color="#b40426", label="a_H (high-res)")
+    bar_ax.bar(x, mean[:, 1], bottom=mean[:, 0], color="#3b4cc0", label="a_L (low-res)")
+    for j in range(num_levels):
+        bar_ax.text(j, mean[j, 0] / 2, f"{mean[j, 0]:.2f}", ha="center", va="center", color="white", fontsize=8)
+    bar_ax.axhline(0.5, color="black", lw=0.8, ls="--")
+    bar_ax.set_xticks(x, level_names)
+    bar_ax.set(ylim=(0, 1), title=f"mean over {num_images} images", xlabel="level", ylabel="weight")
+    bar_ax.legend(fontsize=8, loc="upper right")
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def _draw_box(ax: Any, box: Sequence[float], *, colour: str, style: str = "-", label: str | None = None, width: float = 1.6) -> None:
+    from matplotlib.patches import Rectangle
+
+    x1, y1, x2, y2 = (float(v) for v in box)
+    ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linestyle=style, linewidth=width))
+    if label:
+        ax.text(x1, y1, label, fontsize=7, color="white", va="bottom",
+                bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+
+
+def plot_general_instances(
+    image: np.ndarray,
+    instances: Sequence[Mapping[str, Any]],
+    *,
+    gt_boxes: Sequence[Sequence[float]] = (),
+    valid_size: tuple[int, int] | None = None,
+    title: str = "general instances",
+    ax: Any = None,
+    tracked: bool = False,
+) -> "Figure":
+    """GID's general instances on the image: red boxes came from the teacher, blue from the student,
+    each labelled with its GI score; ground-truth boxes are dashed green.
+
+    Args:
+        image: ``(H, W, 3)`` float image in ``[0, 1]``.
+        instances: ``{"box": (x1, y1, x2, y2), "score": float, "from_teacher": bool}`` best first.
+        gt_boxes: ground-truth boxes in the same pixels.
+        valid_size: ``(h, w)`` of the real image inside the padding; the view is cropped to it.
+        ax: draw into this axes instead of a new figure.
+    """
+    from matplotlib.lines import Line2D
+
+    figure = None
+    if ax is None:
+        figure = new_figure(figsize=(5.5, 5.5), tracked=tracked)
+        ax = figure.subplots()
+    ax.imshow(image)
+    for box in gt_boxes:
+        _draw_box(ax, box, colour=_GT_COLOUR, style="--", width=1.2)
+    for rank, inst in enumerate(instances, start=1):
+        colour = _TEACHER_COLOUR if inst["from_teacher"] else _STUDENT_COLOUR
+        _draw_box(ax, inst["box"], colour=colour, label=f"{rank}: {float(inst['score']):.2f}")
+    height, width = valid_size if valid_size is not None else image.shape[:2]
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=9)
+    handles = [
+        Line2D([], [], color=_TEACHER_COLOUR, lw=2, label="GI box from teacher"),
+        Line2D([], [], color=_STUDENT_COLOUR, lw=2, label="GI box from student"),
+        Line2D([], [], color=_GT_COLOUR, lw=1.2, ls="--", label="ground truth"),
+    ]
+    ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.8)
+    if figure is None:
+        return ax.figure
+    figure.tight_layout()
+    return figure
+
+
+def plot_ap_vs_capacity(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    metric: str = "AP",
+    title: str | None = None,
+    tracked: bool = False,
+) -> "Figure":
+    """AP against capacity, one line per method (points sorted by capacity, labelled with width
+    and resolution). Rows without a capacity or a finite AP are left out and listed under the
+    plot.
+
+    Args:
+        rows: AP-table rows (:func:`msadkit.analysis.ap_table.collect_runs`).
+        metric: the AP column to plot.
+    """
+    figure = new_figure(figsize=(7.5, 5), tracked=tracked)
+    ax = figure.subplots()
+    by_method: dict[str, list[Mapping[str, Any]]] = {}
+    skipped = []
+    for row in rows:
+        value, capacity = row.get(metric), row.get("capacity")
+        if capacity is None or not _finite(value):
+            skipped.append(str(row.get("run") or row.get("method")))
+            continue
+        by_method.setdefault(str(row.get("method")), []).append(row)
+    for index, (method, points) in enumerate(sorted(by_method.items())):
+        points = sorted(points, key=lambda r: float(r["capacity"]))
+        xs = [float(r["capacity"]) for r in points]
+        ys = [float(r[metric]) for r in points]
+        ax.plot(xs, ys, marker="o", color=f"C{index % 10}", label=method)
+        for row, x, y in zip(points, xs, ys):
+            width = row.get("width")
+            tag = f"w{float(width):.2f}" if width is not None else ""
+            tag += f" {row.get('resolution')}" if row.get("resolution") else ""
+            ax.annotate(tag.strip(), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set(xlabel="capacity (backbone FLOPs relative to width 1.0 at 800x1333)", ylabel=f"{metric} (%)",
+           title=title or f"{metric} against capacity")
+    ax.grid(alpha=0.3)
+    if by_method:
+        ax.legend(title="method", fontsize=8)
+    if skipped:
+        figure.text(0.01, 0.01, "not plotted (no capacity or AP): " + ", ".join(skipped), fontsize=7)
+    figure.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
+    return figure

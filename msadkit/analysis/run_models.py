@@ -1,0 +1,100 @@
+"""Models and images of finished run folders, for the analysis notebooks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from msadkit.errors import ConfigError
+
+__all__ = ["load_run_model", "load_image_batch", "display_images", "evaluate_msad_branches"]
+
+
+def load_run_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The deployable model of a finished run (its ``model_final.pth``), loaded strictly.
+
+    A distillation run gives its student; a teacher run its teacher.
+
+    Returns:
+        ``(model, config)`` with the model in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: the folder lacks ``config.yaml`` or ``model_final.pth``, or the weights do
+            not fit (the keys are listed).
+    """
+    from msadkit.modeling.distillation.build import load_teacher
+
+    model, config = load_teacher(Path(run_dir))
+    return model.to(device).eval(), config
+
+
+def load_image_batch(
+    config: dict[str, Any],
+    *,
+    split: str = "val",
+    indices: Sequence[int] = (0, 1),
+    device: str | torch.device = "cpu",
+) -> Any:
+    """A padded batch of dataset images with the config's test transform.
+
+    Args:
+        config: a resolved config (its ``data`` section: dataset, sizes, normalisation, padding).
+        split: ``"val"`` or ``"train"``.
+        indices: dataset indices of the images.
+
+    Returns:
+        A ``DetectionBatch`` (``images (N, 3, H, W)``, ``image_sizes``, ``targets`` with boxes in
+        the resized image's pixels).
+
+    Raises:
+        ConfigError: an index is outside the split.
+    """
+    from msadkit.data import DetectionCollator
+    from msadkit.engine.datasets import build_dataset
+
+    dataset = build_dataset(config, split, train=False)
+    bad = [i for i in indices if not 0 <= int(i) < len(dataset)]
+    if bad or not indices:
+        raise ConfigError(f"image indices {list(indices)} must be non-empty and within the {len(dataset)} images of the {split} split")
+    collate = DetectionCollator(config["data"]["size_divisibility"])
+    return collate([dataset[int(i)] for i in indices]).to(device)
+
+
+def display_images(images: torch.Tensor, config: dict[str, Any]) -> np.ndarray:
+    """Undo the normalisation of a batch: ``(N, 3, H, W)`` -> ``(N, H, W, 3)`` floats in ``[0, 1]``."""
+    mean = torch.tensor(config["data"]["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(config["data"]["pixel_std"], dtype=torch.float32).view(1, 3, 1, 1)
+    pixels = images.detach().float().cpu() * std + mean
+    return (pixels / 255.0).clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+def evaluate_msad_branches(
+    run_dir: str | os.PathLike,
+    *,
+    branches: Sequence[str] = ("high", "low"),
+    device: str = "cpu",
+) -> dict[str, dict[str, float]]:
+    """COCO metrics of an MSAD teacher run predicting with each of ``branches`` alone.
+
+    Nothing is written to the run folder (its ``eval.json`` stays the configured branch's).
+
+    Raises:
+        ConfigError: the run is not an MSAD teacher.
+    """
+    from msadkit.engine.run_folder import read_run_config
+    from msadkit.engine.trainer import evaluate_run
+
+    config = read_run_config(run_dir)
+    if config["model"]["arch"] != "msad_teacher":
+        raise ConfigError(f"{run_dir} is a {config['model']['arch']} run; branch evaluation needs an msad_teacher run")
+    results = {}
+    for branch in branches:
+        # evaluate_run updates whole config sections, so the msad section goes in complete.
+        msad = {**config["model"]["msad"], "eval_branch": branch}
+        results[branch] = evaluate_run(run_dir, overrides={"model": {"msad": msad}}, device=device, write=False)
+    return results

@@ -1,0 +1,166 @@
+"""What a notebook produced, as ``results.json`` in its output folder, plus its saved figures.
+
+Notebooks record metric values and the files they wrote through :class:`NotebookResults`; tests
+and sweeps read them back with :func:`read_results` instead of parsing notebook outputs. The file
+is rewritten atomically after every record, and ``"complete": true`` is set only by
+:meth:`NotebookResults.finish` in the notebook's last cell, so a reader can tell a notebook that
+stopped half-way from one that ran to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RESULTS_NAME", "FIGURES_DIR", "NotebookResults", "read_results", "is_interactive", "to_jsonable"]
+
+RESULTS_NAME = "results.json"
+FIGURES_DIR = "figures"
+BATCH_ENV_VAR = "MSADKIT_NOTEBOOK_BATCH"
+
+
+def is_interactive() -> bool:
+    """Whether code runs in a Jupyter kernel that a person is looking at.
+
+    False outside IPython kernels and in kernels started by the kit's batch runner (which sets
+    ``MSADKIT_NOTEBOOK_BATCH``); there widgets would render nowhere, so notebooks save figures only.
+    """
+    if os.environ.get(BATCH_ENV_VAR):
+        return False
+    return _in_kernel()
+
+
+def _in_kernel() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _close(figure: Any) -> None:
+    """Close a pyplot-managed figure (a plain ``Figure`` needs nothing)."""
+    import matplotlib.pyplot as plt
+
+    if plt.fignum_exists(getattr(figure, "number", -1)):
+        plt.close(figure)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors, numpy values, paths and tuples as plain JSON values (NaN/inf become None)."""
+    if hasattr(value, "detach"):  # torch.Tensor
+        value = value.detach().cpu()
+        value = value.item() if value.numel() == 1 and value.dim() == 0 else value.tolist()
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):  # numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [to_jsonable(v) for v in value]
+    raise TypeError(f"cannot record a value of type {type(value).__name__} in results.json")
+
+
+class NotebookResults:
+    """The ``results.json`` of one notebook run.
+
+    Args:
+        output_dir: the notebook's output folder (created if needed).
+        notebook: the notebook's name, stored under ``"notebook"``.
+        interactive: show figures as well as saving them; None asks :func:`is_interactive`.
+
+    Attributes:
+        data: everything recorded so far.
+    """
+
+    def __init__(self, output_dir: str | os.PathLike, notebook: str, *, interactive: bool | None = None) -> None:
+        self.output_dir = Path(output_dir).expanduser()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.interactive = is_interactive() if interactive is None else bool(interactive)
+        self.data: dict[str, Any] = {"notebook": notebook, "complete": False, "figures": {}, "files": {}}
+        self.save()
+
+    @property
+    def path(self) -> Path:
+        return self.output_dir / RESULTS_NAME
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.output_dir / FIGURES_DIR
+
+    def record(self, key: str, value: Any) -> None:
+        """Store ``value`` (made JSON-able) under ``key``.
+
+        Returns nothing, so that a cell ending in a record does not echo the value.
+        """
+        self.data[key] = to_jsonable(value)
+        self.save()
+
+    def record_file(self, key: str, path: str | os.PathLike) -> None:
+        """Record a file the notebook wrote, relative to the output folder when inside it."""
+        self.data["files"][key] = self._relative(Path(path))
+        self.save()
+
+    def save_figure(self, figure: Any, name: str, *, dpi: int = 110, show: bool = True) -> Path:
+        """Save a matplotlib figure as ``figures/<name>.png``, record it under ``figures`` and show it.
+
+        Inside a Jupyter kernel (live or papermill) the saved PNG is displayed in the cell, so the
+        executed notebook carries the same image as the file; the figure is then closed so that
+        the inline backend does not show it a second time.
+        """
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        path = self.figures_dir / f"{name}.png"
+        figure.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+        self.data["figures"][name] = self._relative(path)
+        self.save()
+        if show and _in_kernel():
+            from IPython.display import Image, display
+
+            display(Image(filename=str(path)))
+        _close(figure)
+        return path
+
+    def finish(self) -> Path:
+        """Mark the results complete (the notebook's last cell calls this)."""
+        self.data["complete"] = True
+        return self.save()
+
+    def save(self) -> Path:
+        from msadkit.utils.atomic import write_text_atomic
+
+        return write_text_atomic(self.path, json.dumps(self.data, indent=2) + "\n")
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return path.resolve().relative_to(self.output_dir.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def read_results(output_dir: str | os.PathLike) -> dict[str, Any]:
+    """The ``results.json`` of a notebook output folder.
+
+    Raises:
+        MsadkitError: the file is missing or is not a JSON object.
+    """
+    from msadkit.errors import MsadkitError
+
+    path = Path(output_dir) / RESULTS_NAME
+    try:
+        data = json.loads(path.read_text())
+    except OSError:
+        raise MsadkitError(f"{path} does not exist: the notebook did not run in {output_dir}") from None
+    except ValueError as exc:
+        raise MsadkitError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise MsadkitError(f"{path} does not hold a JSON object")
+    return data
