@@ -32,6 +32,7 @@ __all__ = [
     "student_width",
     "distillation_settings",
     "baseline_settings",
+    "write_teacher_pseudo_labels",
     "run_state",
     "train_or_reuse",
     "training_command",
@@ -198,7 +199,49 @@ def baseline_settings(student_config: dict[str, Any]) -> dict[str, Any]:
         "method": student_config["model"]["arch"],
         "distill": {"teacher": None, "losses": [], "init_student_from_teacher": False},
         "model": {"backbone": {"width": student_config["model"]["backbone"]["width"]}},
+        # Pseudo-labels are the teacher's; the baseline trains on the labeled images alone.
+        "data": {"pseudo_labels_json": None, "pseudo_labels_images": None},
     }
+
+
+def write_teacher_pseudo_labels(
+    teacher_run: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    score_threshold: float = 0.4,
+    device: str = "cpu",
+) -> dict[str, Any]:
+    """Label the unlabeled split of the teacher's synthetic dataset with the teacher (SAD).
+
+    A file that already exists is kept (re-executing a notebook does not relabel).
+
+    Returns:
+        ``{"path", "image_root"}`` and, when labels were written now, ``num_images`` and
+        ``num_annotations``: set ``data.pseudo_labels_json`` / ``data.pseudo_labels_images`` of the
+        student from ``path`` / ``image_root``.
+
+    Raises:
+        ConfigError: the teacher's dataset has no unlabeled split.
+    """
+    from msadkit.analysis.run_models import load_run_model
+    from msadkit.engine.datasets import resolve_data_paths
+    from msadkit.engine.semi_supervised import generate_pseudo_labels
+
+    model, config = load_run_model(teacher_run, device=device)
+    paths = resolve_data_paths(config) if config["data"]["dataset"] == "synthetic" else {}
+    if "unlabeled_json" not in paths:
+        raise ConfigError(
+            f"pseudo-labels need unlabeled images: the teacher {teacher_run} was trained on a dataset without an "
+            "unlabeled split (set data.synthetic.num_unlabeled > 0, or write them with `msadkit pseudo-label --images`)"
+        )
+    out = Path(out)
+    if out.is_file():
+        return {"path": str(out), "image_root": str(paths["unlabeled_images"])}
+    summary = generate_pseudo_labels(
+        model, config, paths["unlabeled_json"], out, image_root=paths["unlabeled_images"],
+        score_threshold=score_threshold, device=device,
+    )
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in summary.items()}
 
 
 def run_state(run_dir: str | os.PathLike) -> str:

@@ -113,6 +113,32 @@ def pipeline(tmp_path_factory, kernel_env):
     return {"root": root, "teacher": teacher, "students": students, "runs": runs}
 
 
+@pytest.fixture(scope="module")
+def retinanet_pipeline(tmp_path_factory, kernel_env):
+    """A RetinaNet teacher (01) and an ADL + GID student on labeled and pseudo-labeled images (02, SAD)."""
+    root = tmp_path_factory.mktemp("retinanet")
+    overrides = [o.replace("=128", "=64").replace("[128]", "[64]") for o in TINY_OVERRIDES if "fpn" not in o]
+    overrides += ["data.synthetic.num_unlabeled=4", "model.retinanet.num_convs=1", "data.size_divisibility=128"]
+    teacher = run_notebook(
+        "01", root / "teacher", {"config": "adl/retinanet_teacher_demo", "overrides": overrides, "iterations": 2},
+        log_output=False,
+    )
+    student = run_notebook(
+        "02",
+        root / "students",
+        {"teacher_run": str(root / "teacher"), "student_config": "adl/retinanet_student_demo", "losses": ["adl", "gid"],
+         "pseudo_labels": True, "train_baseline": False, "overrides": overrides, "iterations": 2},
+        log_output=False,
+    )
+    alignment = run_notebook(
+        "03", root / "alignment",
+        {"teacher_run": str(root / "teacher"), "student_run": str(root / "students" / "student"), "baseline_run": None,
+         "image_indices": [0]},
+        log_output=False,
+    )
+    return {"root": root, "teacher": teacher, "student": student, "alignment": alignment}
+
+
 # Committed notebooks ----------------------------------------------------------------------------
 
 
@@ -256,6 +282,34 @@ def test_ap_table_notebook_writes_every_format(pipeline):
     assert "\\begin{tabular}" in files["latex"].read_text()
     assert len(results["rows"]) == 3
     assert_png_not_blank(run.run_dir / results["figures"]["ap_vs_capacity"])
+
+
+def test_adl_gid_sad_student_from_a_retinanet_teacher(retinanet_pipeline):
+    teacher = retinanet_pipeline["teacher"].results
+    assert teacher["config"]["model"]["arch"] == "retinanet" and teacher["branch_eval"] == {}
+    assert set(teacher["figures"]) == {"loss_curves"}
+
+    student = retinanet_pipeline["student"].results
+    config = student["student_config"]
+    assert [loss["type"] for loss in config["distill"]["losses"]] == ["adl", "gid"]
+    assert config["method"] == "adl+gid"
+    labels = Path(config["data"]["pseudo_labels_json"])
+    assert labels == retinanet_pipeline["root"] / "students" / "pseudo_labels.json"
+    assert len(json.loads(labels.read_text())["images"]) == 4  # every unlabeled image, labeled or background
+    metrics = (retinanet_pipeline["root"] / "students" / "student" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(metrics[-1])
+    assert any("adl" in key for key in last) and any("gid" in key for key in last)
+    assert student["baseline_run"] is None and student["ap_gain"] is None
+    assert [row["role"] for row in student["table_rows"]] == ["teacher", "student"]
+    assert_metrics_in_range(student["student_eval"])
+
+    alignment = retinanet_pipeline["alignment"].results
+    assert list(alignment["alignment_error"]) == ["after distillation"]
+    assert alignment["fusion_weights"] is None  # a plain detector has no C-FF
+    assert "cff_weights" not in alignment["figures"]
+    assert len(alignment["general_instances"]) == 1 and alignment["general_instances"][0]
+    for rel in alignment["figures"].values():
+        assert_png_not_blank(retinanet_pipeline["alignment"].run_dir / rel)
 
 
 def test_finished_notebook_run_is_skipped_and_other_parameters_refused(pipeline):
