@@ -117,7 +117,7 @@ def student_command(args: argparse.Namespace, method: str, seed: int) -> list[st
     return [sys.executable, "-m", "msadkit.cli", "train", STUDENTS[method][0], *overrides, *args.overrides]
 
 
-def launch(args: argparse.Namespace, command: list[str], folder: Path, threads: int) -> subprocess.Popen:
+def launch(command: list[str], folder: Path, threads: int) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if command[3] == "train" and (folder / "checkpoints" / "last.ckpt").is_file():
@@ -130,46 +130,68 @@ def done(out: Path, method: str, seed: int | None = None) -> bool:
     return (run_dir(out, method, seed) / "eval.json").is_file()
 
 
-def prepare_teacher(args: argparse.Namespace) -> dict[str, float]:
-    """Train the teacher and write its pseudo-labels unless already there; wall seconds of each."""
-    walls = {}
-    steps = [
-        ("teacher", lambda: done(args.out, TEACHER), teacher_command(args)),
-        ("pseudo-labels", lambda: pseudo_labels(args.out).is_file(), pseudo_label_command(args)),
+class Job:
+    """One process of the sweep: what it runs, where it logs, when it is finished, what it waits for."""
+
+    def __init__(self, name: str, command: list[str], folder: Path, finished, needs: str | None) -> None:
+        self.name, self.command, self.folder, self.finished, self.needs = name, command, folder, finished, needs
+
+
+def jobs(args: argparse.Namespace) -> list[Job]:
+    """Every job in launch priority order: the teacher first, baselines meanwhile, then the rest."""
+    out = args.out
+    teacher_dir = run_dir(out, TEACHER)
+    queue = [
+        Job(TEACHER, teacher_command(args), teacher_dir, lambda: done(out, TEACHER), None),
+        Job("pseudo-labels", pseudo_label_command(args), teacher_dir, lambda: pseudo_labels(out).is_file(), TEACHER),
     ]
-    for name, finished, command in steps:
-        if finished():
-            continue
-        start = time.time()
-        print(f"   started {name}", flush=True)
-        # Nothing else runs meanwhile, so the teacher gets every thread of the job slots.
-        code = launch(args, command, run_dir(args.out, TEACHER), args.jobs * args.threads).wait()
-        walls[name] = time.time() - start
-        if code != 0 or not finished():
-            raise RuntimeError(f"{name} failed (exit {code}); see the logs in {run_dir(args.out, TEACHER)}")
-        print(f"   {name}: done in {walls[name] / 60:.1f} min", flush=True)
-    return walls
+    for seed in args.seeds:
+        for method in args.methods:
+            needs = {"baseline": None, "sad": "pseudo-labels"}.get(method, TEACHER)
+            queue.append(
+                Job(
+                    f"{method} seed {seed}",
+                    student_command(args, method, seed),
+                    run_dir(out, method, seed),
+                    lambda m=method, s=seed: done(out, m, s),
+                    needs,
+                )
+            )
+    # Baselines need no teacher: they fill the other job slots while it trains.
+    return sorted(queue, key=lambda job: (job.needs is not None, job.needs == "pseudo-labels"))
 
 
-def sweep(args: argparse.Namespace) -> dict[tuple[str, int], float]:
-    """Train every (student, seed) not done yet, ``args.jobs`` at a time; wall seconds per run."""
-    pending = [(m, s) for s in args.seeds for m in args.methods if not done(args.out, m, s)]
-    running: dict[tuple[str, int], tuple[subprocess.Popen, float]] = {}
-    walls: dict[tuple[str, int], float] = {}
+def sweep(args: argparse.Namespace) -> dict[str, float]:
+    """Run every job not finished yet, ``args.jobs`` at a time; wall seconds per job."""
+    pending = [job for job in jobs(args) if not job.finished()]
+    finished = {job.name for job in jobs(args) if job.finished()}
+    failed: set[str] = set()
+    running: dict[str, tuple[Job, subprocess.Popen, float]] = {}
+    walls: dict[str, float] = {}
     while pending or running:
-        for key, (process, start) in list(running.items()):
+        for name, (job, process, start) in list(running.items()):
             code = process.poll()
             if code is None:
                 continue
-            del running[key]
-            walls[key] = time.time() - start
-            status = "done" if code == 0 and done(args.out, *key) else f"FAILED (exit {code}, see train.log)"
-            print(f"   {key[0]} seed {key[1]}: {status} in {walls[key] / 60:.1f} min", flush=True)
-        while pending and len(running) < args.jobs:
-            key = pending.pop(0)
-            folder = run_dir(args.out, *key)
-            running[key] = (launch(args, student_command(args, *key), folder, args.threads), time.time())
-            print(f"   started {key[0]} seed {key[1]}", flush=True)
+            del running[name]
+            walls[name] = time.time() - start
+            ok = code == 0 and job.finished()
+            (finished if ok else failed).add(name)
+            status = "done" if ok else f"FAILED (exit {code}, see the log in {job.folder})"
+            print(f"   {name}: {status} in {walls[name] / 60:.1f} min", flush=True)
+        for job in list(pending):
+            if job.needs in failed:
+                pending.remove(job)
+                failed.add(job.name)
+                print(f"   {job.name}: skipped, {job.needs} failed", flush=True)
+        for job in list(pending):
+            if len(running) >= args.jobs:
+                break
+            if job.needs is not None and job.needs not in finished:
+                continue
+            pending.remove(job)
+            running[job.name] = (job, launch(job.command, job.folder, args.threads), time.time())
+            print(f"   started {job.name}", flush=True)
         time.sleep(5)
     return walls
 
@@ -256,10 +278,9 @@ def main() -> int:
     print(f"runs: {args.out}; {settings}")
     start = time.time()
     if not args.table_only:
-        prepare_teacher(args)
         walls = sweep(args)
         for method in args.methods:
-            times = [walls[(method, s)] for s in args.seeds if (method, s) in walls]
+            times = [walls[f"{method} seed {s}"] for s in args.seeds if f"{method} seed {s}" in walls]
             if times:
                 print(f"   {method}: {statistics.mean(times) / 60:.1f} min per run (mean of {len(times)})")
     wall = (time.time() - start) / 60
