@@ -416,14 +416,18 @@ class LiveLossCurves(L.Callback):
             print(f"iter {step}/{trainer.max_steps}  loss {record.get('loss', math.nan):.4f}  {terms}", flush=True)
 
     def _redraw(self) -> None:
-        import matplotlib.pyplot as plt
-        from IPython.display import display
+        import io
+
+        from IPython.display import Image, display
 
         from msadkit.analysis.plots import plot_loss_curves
 
         figure = plot_loss_curves({"this run": self.history}, title=self.title)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight", facecolor="white")
+        image = Image(data=buffer.getvalue(), format="png")
+        # One display that is replaced in place, not a new image per report.
         if self._handle is None:
-            self._handle = display(figure, display_id=True)
+            self._handle = display(image, display_id=True)
         else:
-            self._handle.update(figure)
-        plt.close(figure)
+            self._handle.update(image)

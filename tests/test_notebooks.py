@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from pathlib import Path
 
 import nbformat
@@ -332,9 +333,11 @@ def toy_notebook(tmp_path):
     parameters = nbformat.v4.new_code_cell("value = 1\nfail = False\noutput_dir = 'out'")
     parameters.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
+        "import sys\n"
         "from msadkit.notebook_results import NotebookResults, is_interactive\n"
         "results = NotebookResults(output_dir, 'toy')\n"
         "results.record('value', value)\n"
+        "results.record('python', sys.executable)\n"
         "results.record('interactive', is_interactive())\n"
         "if fail:\n"
         "    raise RuntimeError(f'asked to fail with value {value}')\n"
@@ -364,8 +367,9 @@ def test_sweep_keeps_finished_runs_when_one_fails_and_reruns_only_the_failed(toy
         assert is_finished(folder)
         results = json.loads((folder / "results.json").read_text())
         assert results["value"] == value
-        # The runner's kernels know they run in batch: no widgets.
+        # The runner's kernels know they run in batch (no widgets) and run this interpreter.
         assert results["interactive"] is False
+        assert results["python"] == sys.executable
     summary = json.loads((out / "sweep.json").read_text())
     assert [run["status"] for run in summary["runs"]] == ["finished", "failed", "finished", "failed"]
 

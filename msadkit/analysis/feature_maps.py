@@ -35,7 +35,7 @@ class AlignmentFeatures:
     Attributes:
         level_names: one name per level, finest first (``"P3 (stride 8)"``, ...).
         teacher: named teacher pyramids, each a list of ``(N, C, Hi, Wi)``: ``"high-res"``,
-            ``"low-res"``, ``"fused"`` for an MSAD teacher, ``"teacher"`` for a plain detector.
+            ``"low-res"``, ``"fused"`` for an MSAD teacher, ``"FPN"`` for a plain detector.
         target: the pyramid the students are distilled towards (one of ``teacher``).
         target_name: its key in ``teacher``.
         students: label -> the student's ``(N, C, Hi, Wi)`` levels (the maps its head runs on).
@@ -103,14 +103,14 @@ def teacher_pyramids(
     Returns:
         ``(pyramids, target_name, fusion_weights)``; an MSAD teacher (one with
         ``branch_features``) gives ``{"high-res", "low-res", "fused"}``, ``"fused"`` and its
-        ``(N, L, 2)`` weights; another detector ``{"teacher": levels}``, ``"teacher"``, None.
+        ``(N, L, 2)`` weights; another detector ``{"FPN": levels}``, ``"FPN"``, None.
     """
     if hasattr(teacher, "branch_features"):
         branches = teacher.branch_features(images)
         pyramids = {"high-res": list(branches["high"]), "low-res": list(branches["low"]), "fused": list(branches["fused"])}
         return pyramids, "fused", branches.get("weights")
     outputs = teacher.distillation_outputs(images, image_sizes, need_predictions=False)
-    return {"teacher": list(outputs.levels)}, "teacher", outputs.extras.get("fusion_weights")
+    return {"FPN": list(outputs.levels)}, "FPN", outputs.extras.get("fusion_weights")
 
 
 @torch.no_grad()

@@ -171,11 +171,13 @@ def plot_feature_grid(
     """
     columns = list(feature_maps)
     has_error = error_maps is not None
-    # image | features... | colour bar | error | colour bar
-    ratios = [1.0] * (1 + len(columns)) + [0.07] + ([1.0, 0.07] if has_error else [])
+    # image | features... | colour bar | gap for its tick labels | error | colour bar
+    ratios = [1.0] * (1 + len(columns)) + [0.07] + ([0.45, 1.0, 0.07] if has_error else [])
     num_rows = len(level_names)
-    figure = new_figure(figsize=(2.3 * (1 + len(columns) + has_error) + 1.4, 2.25 * num_rows + 0.7), tracked=tracked)
-    grid = figure.add_gridspec(num_rows, len(ratios), width_ratios=ratios, wspace=0.08, hspace=0.12)
+    height = 2.25 * num_rows + 0.8
+    figure = new_figure(figsize=(2.3 * (1 + len(columns) + has_error) + 2.0, height), tracked=tracked)
+    grid = figure.add_gridspec(num_rows, len(ratios), width_ratios=ratios, wspace=0.08, hspace=0.12,
+                               left=0.04, right=0.94, bottom=0.02, top=1 - 0.75 / height)
     full_h, full_w = image.shape[:2]
     height, width = valid_size if valid_size is not None else (full_h, full_w)
     picture = image[:height, :width]
@@ -229,7 +231,7 @@ def plot_feature_grid(
             if row == 0:
                 bar.ax.set_title("mean |diff|\nover channels", fontsize=7)
     if title:
-        figure.suptitle(title, y=0.995)
+        figure.suptitle(title, y=1 - 0.15 / height)
     return figure
 
 
@@ -259,7 +261,7 @@ def plot_level_errors(
             ax.annotate("-" if math.isnan(value) else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                         ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(x, level_names)
-    ax.set(xlabel="pyramid level (teacher naming, stride in input pixels)", ylabel=ylabel, title=title)
+    ax.set(xlabel="pyramid level (the teacher's names; strides in input pixels)", ylabel=ylabel, title=title)
     ax.set_ylim(0, max(1e-6, ax.get_ylim()[1] * 1.12))
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
@@ -315,14 +317,33 @@ def plot_fusion_weights(
     return figure
 
 
-def _draw_box(ax: Any, box: Sequence[float], *, colour: str, style: str = "-", label: str | None = None, width: float = 1.6) -> None:
+def _draw_box(
+    ax: Any,
+    box: Sequence[float],
+    *,
+    colour: str,
+    style: str = "-",
+    label: str | None = None,
+    width: float = 1.6,
+    bounds: tuple[float, float] | None = None,
+) -> None:
+    """A box outline, with its label at the top-left corner moved inside ``bounds`` ``(h, w)``."""
     from matplotlib.patches import Rectangle
 
     x1, y1, x2, y2 = (float(v) for v in box)
     ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, linestyle=style, linewidth=width))
     if label:
-        ax.text(x1, y1, label, fontsize=7, color="white", va="bottom",
+        x, y = x1, y1
+        if bounds is not None:
+            height, width_px = bounds
+            x = min(max(x, 0.0), width_px * 0.85)
+            y = min(max(y, height * 0.05), height)
+        ax.text(x, y, label, fontsize=7, color="white", va="bottom", clip_on=True,
                 bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "edgecolor": "none"})
+
+
+def _score_text(score: float) -> str:
+    return f"{score:.2f}" if score >= 0.01 else f"{score:.1e}"
 
 
 def plot_general_instances(
@@ -336,7 +357,7 @@ def plot_general_instances(
     tracked: bool = False,
 ) -> "Figure":
     """GID's general instances on the image: red boxes came from the teacher, blue from the student,
-    each labelled with its GI score; ground-truth boxes are dashed green.
+    each labelled with its rank and GI score; ground-truth boxes are dashed green.
 
     Args:
         image: ``(H, W, 3)`` float image in ``[0, 1]``.
@@ -351,13 +372,14 @@ def plot_general_instances(
     if ax is None:
         figure = new_figure(figsize=(5.5, 5.5), tracked=tracked)
         ax = figure.subplots()
+    height, width = valid_size if valid_size is not None else image.shape[:2]
     ax.imshow(image)
     for box in gt_boxes:
         _draw_box(ax, box, colour=_GT_COLOUR, style="--", width=1.2)
     for rank, inst in enumerate(instances, start=1):
         colour = _TEACHER_COLOUR if inst["from_teacher"] else _STUDENT_COLOUR
-        _draw_box(ax, inst["box"], colour=colour, label=f"{rank}: {float(inst['score']):.2f}")
-    height, width = valid_size if valid_size is not None else image.shape[:2]
+        _draw_box(ax, inst["box"], colour=colour, label=f"{rank}: {_score_text(float(inst['score']))}",
+                  bounds=(height, width))
     ax.set_xlim(0, width)
     ax.set_ylim(height, 0)
     ax.set_xticks([])
@@ -368,7 +390,7 @@ def plot_general_instances(
         Line2D([], [], color=_STUDENT_COLOUR, lw=2, label="GI box from student"),
         Line2D([], [], color=_GT_COLOUR, lw=1.2, ls="--", label="ground truth"),
     ]
-    ax.legend(handles=handles, fontsize=7, loc="lower right", framealpha=0.8)
+    ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.01), ncol=3, frameon=False)
     if figure is None:
         return ax.figure
     figure.tight_layout()
