@@ -102,7 +102,8 @@ def notebook_config(
         }
         if int(iterations) != solver["max_iter"]:
             # AP tables group rows by schedule; a shortened run must not pass for the full one.
-            settings["schedule"] = f"{base['schedule']}-{int(iterations)}it" if base["schedule"] else f"{int(iterations)}it"
+            suffix = f"{int(iterations)}it"
+            settings["schedule"] = f"{base['schedule']}-{suffix}" if base["schedule"] else suffix
     if seed is not None:
         settings["trainer"]["seed"] = int(seed)
     return load_config(config, texts + override_strings(settings) + override_strings(extra or {}))
@@ -178,7 +179,8 @@ def distillation_settings(
     ``method`` labels the run in AP tables; with new ``losses`` and no ``method`` the label is the
     loss types joined by ``+``.
     """
-    settings: dict[str, Any] = {"role": "student", "distill": {"teacher": str(Path(teacher_run).expanduser().resolve())}}
+    teacher = str(Path(teacher_run).expanduser().resolve())
+    settings: dict[str, Any] = {"role": "student", "distill": {"teacher": teacher}}
     specs = loss_specs(losses)
     if specs is not None:
         settings["distill"]["losses"] = specs
@@ -358,7 +360,9 @@ def launch_training(
     with tempfile.TemporaryDirectory(prefix="msadkit-launch-") as folder:
         config_path = Path(folder) / "config.yaml"
         config_path.write_text(dump_config(config))
-        command = training_command(config_path, run_dir, devices=devices, strategy=strategy, resume=resume, evaluate=evaluate)
+        command = training_command(
+            config_path, run_dir, devices=devices, strategy=strategy, resume=resume, evaluate=evaluate
+        )
         echo("launching: " + " ".join(command))
         process = subprocess.Popen(
             command,
@@ -399,7 +403,9 @@ class LiveLossCurves(L.Callback):
         self.history: list[dict[str, float]] = []
         self._handle: Any = None
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         step = trainer.global_step
         if not trainer.is_global_zero or (step % self.period != 0 and step != trainer.max_steps):
             return
@@ -412,7 +418,9 @@ class LiveLossCurves(L.Callback):
         if self.interactive:
             self._redraw()
         else:
-            terms = "  ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("iter", "loss") and math.isfinite(v))
+            terms = "  ".join(
+                f"{k} {v:.4f}" for k, v in record.items() if k not in ("iter", "loss") and math.isfinite(v)
+            )
             print(f"iter {step}/{trainer.max_steps}  loss {record.get('loss', math.nan):.4f}  {terms}", flush=True)
 
     def _redraw(self) -> None:

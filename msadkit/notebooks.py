@@ -230,7 +230,9 @@ def _json_normalised(parameters: Mapping[str, Any]) -> dict[str, Any]:
     try:
         return json.loads(json.dumps(dict(parameters)))
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"notebook parameters must be JSON values (str, number, bool, None, list, dict): {exc}") from None
+        raise ConfigError(
+            f"notebook parameters must be JSON values (str, number, bool, None, list, dict): {exc}"
+        ) from None
 
 
 def _comparable(parameters: Mapping[str, Any]) -> dict[str, Any]:
@@ -471,7 +473,9 @@ def run_sweep(
     return runs
 
 
-def _sweep_summary(source: Path, grid: Mapping[str, Sequence[Any]], runs: Iterable[NotebookRun], names: list[str]) -> dict:
+def _sweep_summary(
+    source: Path, grid: Mapping[str, Sequence[Any]], runs: Iterable[NotebookRun], names: list[str]
+) -> dict:
     done = {run.run_dir.name: run for run in runs}
     return {
         "notebook": source.stem,

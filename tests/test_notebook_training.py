@@ -40,7 +40,8 @@ TINY_FCOS = [
 
 def test_iterations_rescale_the_schedule_and_label_it(tmp_path):
     base = load_config("fcos_demo")
-    assert (base["solver"]["max_iter"], base["solver"]["steps"], base["solver"]["warmup_iters"]) == (300, [240, 280], 50)
+    solver = base["solver"]
+    assert (solver["max_iter"], solver["steps"], solver["warmup_iters"]) == (300, [240, 280], 50)
     config = notebook_config("fcos_demo", ["solver.base_lr=0.02"], output_dir=tmp_path / "run", iterations=150, seed=3)
     assert config["solver"]["max_iter"] == 150
     assert config["solver"]["steps"] == [120, 140]
@@ -94,7 +95,10 @@ def test_loss_specs_and_student_settings(tmp_path):
         loss_specs([3])
 
     settings = distillation_settings(tmp_path / "teacher", losses=["gid", "msad_feature"], width=0.5)
-    assert settings["distill"] == {"teacher": str((tmp_path / "teacher").resolve()), "losses": [{"type": "gid"}, {"type": "msad_feature"}]}
+    assert settings["distill"] == {
+        "teacher": str((tmp_path / "teacher").resolve()),
+        "losses": [{"type": "gid"}, {"type": "msad_feature"}],
+    }
     assert settings["method"] == "gid+msad_feature" and settings["role"] == "student"
     assert settings["model"]["backbone"]["width"] == 0.5
     assert distillation_settings(tmp_path, method="mine")["method"] == "mine"
@@ -129,7 +133,11 @@ def test_train_or_reuse_reuses_a_finished_run_and_refuses_another_config(tmp_pat
 
 def test_several_devices_train_in_a_subprocess(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(notebook_training, "launch_training", lambda config, **kwargs: calls.append((config, kwargs)) or "launched")
+    def fake_launch(config, **kwargs):
+        calls.append((config, kwargs))
+        return "launched"
+
+    monkeypatch.setattr(notebook_training, "launch_training", fake_launch)
     monkeypatch.setattr("msadkit.engine.trainer.train", lambda *a, **k: pytest.fail("DDP must not start in the kernel"))
     config = notebook_config("fcos_demo", output_dir=tmp_path / "run", devices=2, device="gpu")
     assert train_or_reuse(config) == "launched"

@@ -106,11 +106,13 @@ def pipeline(tmp_path_factory, kernel_env):
     runs["03"] = run_notebook(
         "03_feature_alignment",
         root / "03",
-        {"teacher_run": str(teacher), "student_run": str(students / "student"), "baseline_run": str(students / "baseline"),
-         "image_indices": IMAGES},
+        {"teacher_run": str(teacher), "student_run": str(students / "student"),
+         "baseline_run": str(students / "baseline"), "image_indices": IMAGES},
         log_output=False,
     )
-    runs["04"] = run_notebook("04_ap_table", root / "04", {"search_dirs": [str(teacher), str(students)]}, log_output=False)
+    runs["04"] = run_notebook(
+        "04_ap_table", root / "04", {"search_dirs": [str(teacher), str(students)]}, log_output=False
+    )
     return {"root": root, "teacher": teacher, "students": students, "runs": runs}
 
 
@@ -317,7 +319,8 @@ def test_finished_notebook_run_is_skipped_and_other_parameters_refused(pipeline)
     run = pipeline["runs"]["04"]
     executed = run.executed_notebook
     before = executed.stat().st_mtime_ns
-    again = run_notebook("04_ap_table", run.run_dir, {"search_dirs": [str(pipeline["teacher"]), str(pipeline["students"])]})
+    same = {"search_dirs": [str(pipeline["teacher"]), str(pipeline["students"])]}
+    again = run_notebook("04_ap_table", run.run_dir, same)
     assert again.skipped and again.status == "finished"
     assert executed.stat().st_mtime_ns == before
     with pytest.raises(ConfigError, match="other parameters"):
@@ -392,7 +395,8 @@ def test_notebook_cli_run_and_sweep(toy_notebook, tmp_path, kernel_env, capsys):
     assert json.loads((tmp_path / "one" / "results.json").read_text())["value"] == [3, 4]
     assert "executed notebook" in capsys.readouterr().out
 
-    status = main(["notebook", "sweep", str(toy_notebook), "--out", str(tmp_path / "grid"), "--grid", "fail=false,true"])
+    grid_dir = tmp_path / "grid"
+    status = main(["notebook", "sweep", str(toy_notebook), "--out", str(grid_dir), "--grid", "fail=false,true"])
     captured = capsys.readouterr()
     assert status == 2
     assert str(tmp_path / "grid" / "fail-true") in captured.err
@@ -412,7 +416,8 @@ def test_grid_and_value_parsing():
         parse_grid(["width"])
     with pytest.raises(ConfigError):
         parse_grid(["a=1", "a=2"])
-    assert sweep_run_name({"student_config": "msad/msad_student_w025", "losses": ["gid"]}) == "student_config-msad_student_w025__losses-gid"
+    name = sweep_run_name({"student_config": "msad/msad_student_w025", "losses": ["gid"]})
+    assert name == "student_config-msad_student_w025__losses-gid"
 
 
 # The full demo -----------------------------------------------------------------------------------

@@ -107,7 +107,11 @@ def teacher_pyramids(
     """
     if hasattr(teacher, "branch_features"):
         branches = teacher.branch_features(images)
-        pyramids = {"high-res": list(branches["high"]), "low-res": list(branches["low"]), "fused": list(branches["fused"])}
+        pyramids = {
+            "high-res": list(branches["high"]),
+            "low-res": list(branches["low"]),
+            "fused": list(branches["fused"]),
+        }
         return pyramids, "fused", branches.get("weights")
     outputs = teacher.distillation_outputs(images, image_sizes, need_predictions=False)
     return {"FPN": list(outputs.levels)}, "FPN", outputs.extras.get("fusion_weights")

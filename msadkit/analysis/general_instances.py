@@ -71,9 +71,10 @@ def general_instances(
     image_shape = (images.shape[-2], images.shape[-1])
     teacher_out = teacher.distillation_outputs(images, image_sizes, need_predictions=True)
     teacher_model = teacher_out.model if teacher_out.model is not None else teacher
-    teacher_dense = decode_dense_outputs(teacher_model, teacher_out.predictions, fcos_centerness=settings["fcos_centerness"])
+    centerness = settings["fcos_centerness"]
+    teacher_dense = decode_dense_outputs(teacher_model, teacher_out.predictions, fcos_centerness=centerness)
     student_predictions = student.predict(student.select_levels(student.extract_features(images)))
-    student_dense = decode_dense_outputs(student, student_predictions, fcos_centerness=settings["fcos_centerness"])
+    student_dense = decode_dense_outputs(student, student_predictions, fcos_centerness=centerness)
     return select_general_instances(
         teacher_dense.scores,
         student_dense.scores,

@@ -258,8 +258,9 @@ def plot_level_errors(
         values = np.asarray(errors[label], dtype=np.float64)
         bars = ax.bar(x + (index - (len(labels) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
         for bar, value in zip(bars, values):
-            ax.annotate("-" if math.isnan(value) else f"{value:.3g}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                        ha="center", va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
+            text = "-" if math.isnan(value) else f"{value:.3g}"
+            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
+                        fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_xticks(x, level_names)
     ax.set(xlabel="pyramid level (the teacher's names; strides in input pixels)", ylabel=ylabel, title=title)
     ax.set_ylim(0, max(1e-6, ax.get_ylim()[1] * 1.12))

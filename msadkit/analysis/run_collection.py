@@ -86,7 +86,9 @@ def sort_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return sorted(rows, key=key)
 
 
-def write_ap_tables(rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, stem: str = "ap_table") -> dict[str, Path]:
+def write_ap_tables(
+    rows: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, stem: str = "ap_table"
+) -> dict[str, Path]:
     """Write ``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` into ``out_dir``.
 
     Returns:

@@ -15,7 +15,9 @@ from msadkit.errors import ConfigError
 __all__ = ["load_run_model", "load_image_batch", "display_images", "evaluate_msad_branches"]
 
 
-def load_run_model(run_dir: str | os.PathLike, *, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+def load_run_model(
+    run_dir: str | os.PathLike, *, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
     """The deployable model of a finished run (its ``model_final.pth``), loaded strictly.
 
     A distillation run gives its student; a teacher run its teacher.
@@ -60,7 +62,9 @@ def load_image_batch(
     dataset = build_dataset(config, split, train=False)
     bad = [i for i in indices if not 0 <= int(i) < len(dataset)]
     if bad or not indices:
-        raise ConfigError(f"image indices {list(indices)} must be non-empty and within the {len(dataset)} images of the {split} split")
+        raise ConfigError(
+            f"image indices {list(indices)} must be non-empty and within the {len(dataset)} images of the {split} split"
+        )
     collate = DetectionCollator(config["data"]["size_divisibility"])
     return collate([dataset[int(i)] for i in indices]).to(device)
 

@@ -47,7 +47,8 @@ def demo_plan(
           **common}),
         ("03_feature_alignment", out / "03_feature_alignment",
          {"teacher_run": str(teacher_dir), "student_run": str(students_dir / "student"),
-          "baseline_run": str(students_dir / "baseline"), "image_indices": list(image_indices or [0, 1]), "device": "cpu"}),
+          "baseline_run": str(students_dir / "baseline"), "image_indices": list(image_indices or [0, 1]),
+          "device": "cpu"}),
         ("04_ap_table", out / "04_ap_table", {"search_dirs": [str(out)]}),
     ]
 

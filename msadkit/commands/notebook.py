@@ -95,7 +95,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions.add_parser("list", help="list the notebooks and their parameters")
 
     run_p = actions.add_parser("run", help="execute one notebook into a run folder")
-    run_p.add_argument("name", help="notebook name or number (01_teacher_training, 01, teacher_training) or .ipynb path")
+    run_p.add_argument(
+        "name", help="notebook name or number (01_teacher_training, 01, teacher_training) or .ipynb path"
+    )
     run_p.add_argument("--out", help="run folder (default: runs/notebooks/<notebook>)")
     _add_run_options(run_p)
 

@@ -46,7 +46,8 @@ def test_level_names_follow_strides():
 
 def test_gi_options_come_from_the_gid_loss_entry():
     assert gi_options(None) == GI_DEFAULTS
-    config = {"distill": {"losses": [{"type": "msad_feature"}, {"type": "gid", "top_k": 4, "iou_threshold": 0.5, "weight": 2}]}}
+    gid = {"type": "gid", "top_k": 4, "iou_threshold": 0.5, "weight": 2}
+    config = {"distill": {"losses": [{"type": "msad_feature"}, gid]}}
     options = gi_options(config)
     assert options["top_k"] == 4 and options["iou_threshold"] == 0.5
     assert "weight" not in options and options["score_mode"] == GI_DEFAULTS["score_mode"]
