@@ -1,0 +1,1 @@
+"""Optional integrations with other frameworks; the core package never imports them."""
