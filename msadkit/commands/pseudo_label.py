@@ -15,7 +15,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "(with data.pseudo_labels_images = the image folder) of a distillation run."
         ),
     )
-    p.add_argument("overrides", nargs="*", help="key=value overrides of the --config file (e.g. data.test_short_side=600)")
+    p.add_argument(
+        "overrides", nargs="*", help="key=value overrides of the --config file (e.g. data.test_short_side=600)"
+    )
     p.add_argument("--teacher", help="the teacher's run folder (config.yaml + model_final.pth) or its model_final.pth")
     p.add_argument("--config", help="the teacher's YAML config (a path or packaged name); needs --weights")
     p.add_argument("--weights", help="the teacher's weights (model_final.pth or a Lightning .ckpt) for --config")
@@ -41,7 +43,9 @@ def _load_teacher(args: argparse.Namespace):
 
     if args.teacher:
         if args.config or args.weights or args.overrides:
-            raise ConfigError("--teacher takes the config and weights from the run; drop --config, --weights and overrides")
+            raise ConfigError(
+                "--teacher takes the config and weights from the run; drop --config, --weights and overrides"
+            )
         config, state, source = read_teacher_checkpoint(args.teacher)
         # Every weight comes from the checkpoint; the ImageNet file the teacher started from is not needed.
         config["model"]["backbone"]["weights"] = None

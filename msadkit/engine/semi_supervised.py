@@ -67,7 +67,9 @@ class AlternatingSampler(Sampler[int]):
         world_size: number of training processes.
     """
 
-    def __init__(self, num_labeled: int, num_pseudo: int, batch_size: int, *, seed: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_labeled: int, num_pseudo: int, batch_size: int, *, seed: int = 0, world_size: int = 1
+    ) -> None:
         if num_labeled < 1 or num_pseudo < 0 or batch_size < 1 or world_size < 1:
             raise ValueError(
                 "AlternatingSampler: need num_labeled >= 1, num_pseudo >= 0, batch_size >= 1 and world_size >= 1, "
@@ -162,7 +164,8 @@ def build_train_loader(config: dict[str, Any], train_set: CocoDetectionDataset) 
     if pseudo.category_ids != train_set.category_ids:
         raise DatasetError(
             f"pseudo-label file {pseudo.coco_json_path} has category ids {pseudo.category_ids} but the training "
-            f"annotations {train_set.coco_json_path} have {train_set.category_ids}; label with a teacher of this dataset"
+            f"annotations {train_set.coco_json_path} have {train_set.category_ids}; label the images with a "
+            "teacher trained on this dataset"
         )
     batch_size = int(config["solver"]["batch_size"])
     sampler = AlternatingSampler(

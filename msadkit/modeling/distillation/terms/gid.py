@@ -136,7 +136,9 @@ def fpn_channels(model: nn.Module, *, role: str) -> int:
     """Channels of the FPN maps a detector's head runs on."""
     channels = getattr(getattr(model, "backbone", None), "out_channels", None)
     if not isinstance(channels, int):
-        raise ConfigError(f"distill.losses type 'gid': cannot tell the FPN channels of the {role} ({type(model).__name__})")
+        raise ConfigError(
+            f"distill.losses type 'gid': cannot tell the FPN channels of the {role} ({type(model).__name__})"
+        )
     return channels
 
 
@@ -215,7 +217,9 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
                 for _ in range(num_levels)
             )
 
-    def select(self, student: DenseOutputs, teacher: DenseOutputs, image_shape: tuple[int, int]) -> list[GeneralInstances]:
+    def select(
+        self, student: DenseOutputs, teacher: DenseOutputs, image_shape: tuple[int, int]
+    ) -> list[GeneralInstances]:
         """The GIs of every image, boxes clipped to the padded ``(H, W)``."""
         height, width = image_shape
 

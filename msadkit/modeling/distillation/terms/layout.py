@@ -3,8 +3,9 @@
 Response-based terms (ADL, GID) compare the two heads output by output, so both detectors must be
 of the same kind and place their predictions identically: same strides, same anchors per location
 and the same classes. A low-resolution student (``p2..p6`` of the 0.5x image, high-resolution
-strides) matches a high-resolution teacher (``p3..p7``) because both use strides 8..128. An MSAD teacher takes part through its shared FCOS, whose head runs on the fused
-``F3..F7``: these have the grid of a low-resolution FCOS student's ``p2..p6``.
+strides) matches a high-resolution teacher (``p3..p7``) because both use strides 8..128. An MSAD
+teacher takes part through its shared FCOS, whose head runs on the fused ``F3..F7``: these have the
+grid of a low-resolution FCOS student's ``p2..p6``.
 """
 
 from __future__ import annotations
