@@ -48,12 +48,15 @@ from msadkit.integrations.detectron2.config import (  # noqa: E402
     msadkit_config_from_cfg,
     resolve_detectron2_config,
 )
-from msadkit.integrations.detectron2.train_net import Trainer  # noqa: E402
+from msadkit.integrations.detectron2.train_net import Trainer, check_num_classes  # noqa: E402
 from msadkit.integrations.detectron2.train_net import main as train_net_main  # noqa: E402
 from msadkit.modeling.build import build_model  # noqa: E402
 from msadkit.modeling.distillation.distiller import Distiller  # noqa: E402
 from msadkit.modeling.fpn import BackboneWithFPN  # noqa: E402
 from msadkit.modeling.msad_teacher import MSADTeacher  # noqa: E402
+
+# DetectionTask.training_step logs through Lightning, which warns that no Trainer is attached.
+pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
 IMAGE_SIZE = 64
 # One training image (with five objects) as the whole batch: both engines see the same batch at every
@@ -204,6 +207,11 @@ def test_config_errors_name_the_key(tmp_path):
         msadkit_config_from_cfg(cfg)
     with pytest.raises(ConfigError, match="not found"):
         resolve_detectron2_config(tmp_path / "missing.yaml")
+    # detectron2's built-in COCO lists 80 classes; a model for 4 is refused before training.
+    cfg.DATASETS.TRAIN = ("coco_2017_train",)
+    check_num_classes(cfg, 80)
+    with pytest.raises(ConfigError, match="coco_2017_train has 80 classes .* model.num_classes=4"):
+        check_num_classes(cfg, 4)
 
 
 def test_wrapper_builds_each_kind_of_model(dataset_root, tmp_path):
@@ -378,7 +386,7 @@ def assert_same_detections(a, b):
         assert torch.equal(a[image_id]["labels"], b[image_id]["labels"])
 
 
-def test_detectron2_trainer_and_msadkit_engine_agree(dataset_root, tmp_path, capsys):
+def test_detectron2_trainer_and_msadkit_engine_agree(dataset_root, tmp_path):
     """Same seed and weights: same loss at iteration 0, and same detections from the same checkpoint."""
     ms_dir, d2_dir = tmp_path / "msadkit", tmp_path / "detectron2"
     overrides = tiny(dataset_root, ms_dir)
@@ -440,12 +448,6 @@ def test_detectron2_trainer_and_msadkit_engine_agree(dataset_root, tmp_path, cap
     )
     results = train_net_main(args)
     assert set(results["bbox"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    with capsys.disabled():
-        print(f"\n[detectron2 equivalence] loss at iteration 0: msadkit {ms_loss0['loss']!r}, detectron2 {d2_loss0!r}")
-
-
-# DetectionTask.training_step logs through Lightning, which warns that no Trainer is attached.
-pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
 
 
 def one_step_losses(cfg, config, *, start_iter=0):
@@ -482,6 +484,7 @@ def one_step_losses(cfg, config, *, start_iter=0):
         reference.iteration = start_iter
         ms_total = sum(reference(batch.images, batch.image_sizes, batch.targets).values()).item()
     ms_losses = {k: v.item() for k, v in captured[0].items()}
+    print(f"{config['model']['arch']} loss at iteration {start_iter}: msadkit {ms_total!r}, detectron2 {d2_total!r}")
     return d2_total, ms_total, d2_losses, ms_losses
 
 

@@ -64,7 +64,10 @@ class Trainer(DefaultTrainer):
 
 
 def check_num_classes(cfg: CfgNode, num_classes: int) -> None:
-    """Raise when a registered dataset of ``cfg`` has a different number of classes than the model.
+    """Raise when a dataset of ``cfg`` has a different number of classes than the model.
+
+    Checked where the metadata already lists the classes (detectron2's built-in datasets such as
+    ``coco_2017_train``); a COCO json registered by path lists them only once it is loaded.
 
     Raises:
         ConfigError: naming the dataset, its class count and ``model.num_classes``.
