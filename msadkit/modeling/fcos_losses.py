@@ -106,13 +106,15 @@ def fcos_losses(
     reg_pred = bbox_reg.float()[positive]
     reg_target = targets.reg_targets[positive]
     ctr_logits = centerness.float()[positive]
+    ctr_target = centerness_target(reg_target)
+    # The sum of centerness targets is averaged over processes like the positive count. Every
+    # process makes this collective call, also one whose batch has no positive location, or the
+    # processes' collectives fall out of step (a gloo size error, an NCCL hang).
+    ctr_sum = reduce_mean(ctr_target.sum())
     if reg_target.numel() == 0:
         # Keep the graph connected so every parameter gets a (zero) gradient under DDP.
         zero = bbox_reg.sum() * 0 + centerness.sum() * 0
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": zero, "loss_fcos_ctr": zero.clone()}
-    ctr_target = centerness_target(reg_target)
-    # The sum of centerness targets is averaged over processes like the positive count.
-    ctr_sum = reduce_mean(ctr_target.sum())
     loss_loc = (ltrb_giou_loss(reg_pred, reg_target) * ctr_target).sum() / ctr_sum.clamp(min=1e-6)
     loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="sum") / num_pos.clamp(min=1.0)
     return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}

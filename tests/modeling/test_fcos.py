@@ -221,3 +221,22 @@ def test_bf16_autocast_training_step_is_finite():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         losses = model(torch.randn(1, 3, 64, 64), [(64, 64)], targets)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+
+
+def test_every_batch_makes_the_same_collective_calls(monkeypatch):
+    # Under DDP one process may see no positive location while another does; both must make the
+    # same reduce_mean calls or the collectives fall out of step.
+    import msadkit.modeling.fcos_losses as fcos_losses_module
+
+    calls = []
+    monkeypatch.setattr(fcos_losses_module, "reduce_mean", lambda value: calls.append(1) or value.detach().float())
+    model = make_fcos()
+    model.train()
+    images = torch.randn(1, 3, 64, 64)
+    empty = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}]
+    full = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([0])}]
+    model(images, [(64, 64)], empty)
+    calls_empty = len(calls)
+    calls.clear()
+    model(images, [(64, 64)], full)
+    assert calls_empty == len(calls) == 2
