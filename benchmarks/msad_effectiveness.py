@@ -15,6 +15,7 @@ it stopped and ``--table-only`` reprints the table.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -23,8 +24,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines  # noqa: E402
 
 METHODS = {
     # name: (packaged config, the run it needs first)
@@ -40,6 +39,27 @@ LABELS = {
     "msad_student": "MSAD student (128 px)",
 }
 METRICS = ("AP", "APs", "APm", "APl")
+
+
+def environment_lines() -> list[str]:
+    """Date, machine, load and versions, for the results file."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = "%.1f %.1f %.1f" % os.getloadavg() if hasattr(os, "getloadavg") else "n/a"
+    return [
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine: {cpu}, {os.cpu_count()} logical CPUs, load average at start {load}",
+        f"python {platform.python_version()}, torch {torch.__version__}",
+        "command: python " + " ".join(sys.argv),
+    ]
 
 
 def run_dir(out: Path, method: str, seed: int) -> Path:
