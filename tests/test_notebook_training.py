@@ -10,7 +10,7 @@ import yaml
 
 import msadkit.notebook_training as notebook_training
 from msadkit.config import dump_config, load_config
-from msadkit.errors import ConfigError
+from msadkit.errors import ConfigError, MsadkitError
 from msadkit.notebook_training import (
     baseline_settings,
     distillation_settings,
@@ -160,5 +160,13 @@ def test_launch_training_runs_msadkit_train_in_a_child_process(tmp_path, monkeyp
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["solver"]["max_iter"] == 1
     assert lines[0].startswith("launching: ") and any("run folder" in line for line in lines)
 
-    with pytest.raises(Exception, match="exited with status"):
-        launch_training(config, echo=lines.append)  # the folder now holds a finished run
+
+
+def test_a_failing_training_process_is_an_error_with_its_last_lines(tmp_path, monkeypatch):
+    failing = [sys.executable, "-c", "import sys; print('loss is nan'); sys.exit(3)"]
+    monkeypatch.setattr(notebook_training, "training_command", lambda *args, **kwargs: failing)
+    config = notebook_config("fcos_demo", output_dir=tmp_path / "run", devices=2)
+    lines = []
+    with pytest.raises(MsadkitError, match=r"exited with status 3(.|\n)*loss is nan"):
+        launch_training(config, echo=lines.append)
+    assert "loss is nan" in lines

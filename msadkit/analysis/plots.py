@@ -71,7 +71,7 @@ def plot_loss_curves(
         title: figure title.
         tracked: register the figure with pyplot.
     """
-    figure = new_figure(figsize=(12, 4.2), tracked=tracked)
+    figure = new_figure(figsize=(13.5, 4.2), tracked=tracked)
     total_ax, terms_ax = figure.subplots(1, 2)
     styles = ["-", "--", ":", "-."]
     colours = [f"C{i}" for i in range(10)]
@@ -91,8 +91,11 @@ def plot_loss_curves(
     terms_ax.set(title="loss terms", xlabel="iteration", ylabel="loss")
     for ax in (total_ax, terms_ax):
         ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8, loc="upper right")
+    if total_ax.lines:
+        total_ax.legend(fontsize=8, loc="upper right")
+    if terms_ax.lines:
+        # Detectors log many terms; beside the panel the legend hides no curve.
+        terms_ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
@@ -229,7 +232,7 @@ def plot_feature_grid(
             bar = figure.colorbar(mappable, cax=figure.add_subplot(grid[row, len(ratios) - 1]))
             bar.ax.tick_params(labelsize=7)
             if row == 0:
-                bar.ax.set_title("mean |diff|\nover channels", fontsize=7)
+                bar.ax.set_title("channel\nmean", fontsize=7)
     if title:
         figure.suptitle(title, y=1 - 0.15 / height)
     return figure
@@ -312,7 +315,7 @@ def plot_fusion_weights(
     bar_ax.axhline(0.5, color="black", lw=0.8, ls="--")
     bar_ax.set_xticks(x, level_names)
     bar_ax.set(ylim=(0, 1), title=f"mean over {num_images} images", xlabel="level", ylabel="weight")
-    bar_ax.legend(fontsize=8, loc="upper right")
+    bar_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
@@ -433,6 +436,7 @@ def plot_ap_vs_capacity(
             tag = f"w{float(width):.2f}" if width is not None else ""
             tag += f" {row.get('resolution')}" if row.get("resolution") else ""
             ax.annotate(tag.strip(), (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.margins(x=0.15, y=0.1)  # room for the point labels
     ax.set(xlabel="capacity (backbone FLOPs relative to width 1.0 at 800x1333)", ylabel=f"{metric} (%)",
            title=title or f"{metric} against capacity")
     ax.grid(alpha=0.3)
