@@ -219,6 +219,19 @@ def _ensure_live_log() -> None:
         papermill_logger.setLevel(logging.INFO)
 
 
+def _check_parameter_names(source: Path, parameters: Mapping[str, Any]) -> None:
+    """Refuse a parameter the notebook does not declare (papermill would only warn, and the
+    notebook would run with the default)."""
+    declared = notebook_parameters(source)
+    if not declared:  # no parameters cell to check against
+        return
+    unknown = sorted(set(parameters) - set(declared) - set(_LOCATION_PARAMETERS))
+    if unknown:
+        raise ConfigError(
+            f"notebook {source.stem} has no parameter {', '.join(unknown)} (its parameters: {', '.join(declared)})"
+        )
+
+
 # Run records -----------------------------------------------------------------------------------
 
 
@@ -324,6 +337,7 @@ def run_notebook(
     source = resolve_notebook(notebook)
     run_dir = Path(run_dir).expanduser().resolve()
     params = _json_normalised({**(parameters or {}), "output_dir": str(run_dir)})
+    _check_parameter_names(source, params)
 
     record = read_run_record(run_dir)
     if record and not force and is_finished(run_dir):
@@ -440,6 +454,7 @@ def run_sweep(
         Every run, in grid order.
 
     Raises:
+        ConfigError: a parameter or grid key the notebook does not declare (nothing runs).
         SweepError: one or more runs failed; the message names each failing run folder and its
             error, and the finished runs stay in place.
     """
@@ -451,6 +466,7 @@ def run_sweep(
     if len(set(names)) != len(names):
         raise ConfigError(f"sweep grid values give clashing run folder names: {names}")
     source = resolve_notebook(notebook)
+    _check_parameter_names(source, {**(parameters or {}), **grid})
     runs: list[NotebookRun] = []
     for index, (combination, name) in enumerate(zip(combinations, names), start=1):
         run_dir = out_dir / name

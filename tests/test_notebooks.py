@@ -158,6 +158,12 @@ def test_committed_notebook_has_no_outputs_and_one_tagged_parameters_cell(name):
     assert {"output_dir", "interactive"} <= set(parameters)
 
 
+def test_unknown_parameter_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="has no parameter iteration .*iterations"):
+        run_notebook("01", tmp_path / "run", {"iteration": 3})
+    assert not (tmp_path / "run").exists()
+
+
 def test_resolve_notebook_by_number_and_short_name():
     assert resolve_notebook("2").stem == "02_student_distillation"
     assert resolve_notebook("03").stem == "03_feature_alignment"
