@@ -239,7 +239,14 @@ def save_random_teacher(path, name: str, overrides: list[str]):
     return save_atomic({"model": build_model(config).state_dict(), "config": config}, path)
 
 
-def test_adl_distillation_run_through_train(tmp_path, tiny_overrides):
+@pytest.mark.parametrize(
+    ("student_config", "teacher_config", "arch", "detector"),
+    [
+        ("adl/retinanet_adl_demo", "adl/retinanet_teacher_demo", "retinanet", RetinaNet),
+        ("adl/fcos_adl_demo", "gid/fcos_teacher_demo", "fcos", FCOS),
+    ],
+)
+def test_adl_distillation_run_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, detector):
     from msadkit.config import load_config
     from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
     from msadkit.engine.metrics_logger import read_metrics
@@ -249,11 +256,11 @@ def test_adl_distillation_run_through_train(tmp_path, tiny_overrides):
     # The teacher is wider (width 0.5, 48 FPN channels) than the student (width 0.25, 32 channels).
     teacher = save_random_teacher(
         tmp_path / "teacher.pth",
-        "adl/retinanet_teacher_demo",
-        tiny_overrides(tmp_path / "teacher", arch="retinanet") + ["model.fpn.out_channels=48"],
+        teacher_config,
+        tiny_overrides(tmp_path / "teacher", arch=arch) + ["model.fpn.out_channels=48"],
     )
     run = tmp_path / "adl"
-    config = load_config("adl/retinanet_adl_demo", tiny_overrides(run, arch="retinanet") + [f"distill.teacher={teacher}"])
+    config = load_config(student_config, tiny_overrides(run, arch=arch) + [f"distill.teacher={teacher}"])
     assert train(config) == run
     records = read_metrics(run / "metrics.jsonl")
     assert [r["iter"] for r in records] == [1, 2]
@@ -261,5 +268,5 @@ def test_adl_distillation_run_through_train(tmp_path, tiny_overrides):
     assert (run / "eval.json").is_file()
     # The final weights are the student's alone: they load strictly into a plain detector.
     student = build_model(config, for_inference=True)
-    assert isinstance(student, RetinaNet)
+    assert type(student) is detector
     load_state_dict_strict(student, load_checkpoint_file(run / "model_final.pth")["model"], "model_final.pth")
