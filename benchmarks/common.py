@@ -1,0 +1,156 @@
+"""Shared helpers of the benchmark scripts: interleaved timing, medians, environment header.
+
+Every comparison is taken in one process run: the contenders alternate inside each round (the
+order flips from round to round), so load from other processes on a shared machine hits both
+alike, and the reported figure is the median over rounds of the per-round ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Callable, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "add_common_arguments",
+    "apply_threads",
+    "environment_lines",
+    "interleaved_times",
+    "median_ms",
+    "ratio_summary",
+    "print_header",
+    "synthetic_boxes",
+]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quick``, ``--rounds``, ``--warmup`` and ``--threads``, shared by every script."""
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds: checks that the script runs")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default per script)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender before timing")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
+    )
+
+
+def apply_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count if given, and flush denormals.
+
+    Denormal floats make CPU arithmetic orders of magnitude slower; which contender meets them
+    depends on its random initialisation, so they are flushed to zero for every contender alike.
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def environment_lines() -> list[str]:
+    """Machine, date, versions and command line, one fact per line (for RESULTS.md)."""
+    try:
+        load = "%.1f %.1f %.1f" % os.getloadavg()
+    except OSError:
+        load = "n/a"
+    import torchvision
+
+    return [
+        f"date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"machine: {_cpu_model()}, {os.cpu_count()} logical CPUs, load average at start {load}",
+        f"python {platform.python_version()}, torch {torch.__version__}, torchvision {torchvision.__version__}, "
+        f"torch threads {torch.get_num_threads()}",
+        "command: " + _command_line(),
+    ]
+
+
+def _command_line() -> str:
+    """The script and its arguments, after any glibc allocator settings (they change the timings)."""
+    allocator = [f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("MALLOC_")]
+    return " ".join([*allocator, "python", *sys.argv])
+
+
+def print_header(title: str) -> None:
+    """Print the benchmark's title and :func:`environment_lines`."""
+    print(f"== {title}")
+    for line in environment_lines():
+        print(f"   {line}")
+    sys.stdout.flush()
+
+
+def interleaved_times(
+    contenders: Mapping[str, Callable[[], object]], *, rounds: int, warmup: int = 1, verbose: bool = True
+) -> dict[str, list[float]]:
+    """Wall-clock seconds of each contender per round, run alternately.
+
+    Args:
+        contenders: name -> zero-argument callable doing one unit of work.
+        rounds: timed calls per contender.
+        warmup: untimed calls per contender first (allocator, oneDNN kernel selection).
+        verbose: print each round's times as they come.
+
+    Returns:
+        name -> list of ``rounds`` durations in seconds, in round order.
+    """
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(rounds):
+        # Reversing the order every other round cancels a first/second-position bias.
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+        if verbose:
+            cells = ", ".join(f"{name} {1e3 * times[name][-1]:.0f} ms" for name in names)
+            print(f"   round {round_index + 1}/{rounds}: {cells}")
+            sys.stdout.flush()
+    return times
+
+
+def median_ms(values: Sequence[float]) -> float:
+    return 1e3 * statistics.median(values)
+
+
+def ratio_summary(times: Mapping[str, Sequence[float]], numerator: str, denominator: str) -> tuple[float, float]:
+    """``(median of per-round ratios, ratio of medians)`` of ``numerator / denominator``."""
+    per_round = [a / b for a, b in zip(times[numerator], times[denominator])]
+    return statistics.median(per_round), statistics.median(times[numerator]) / statistics.median(times[denominator])
+
+
+def synthetic_boxes(
+    num_images: int, height: int, width: int, num_boxes: int, num_classes: int, *, seed: int = 0
+) -> list[dict[str, torch.Tensor]]:
+    """Per image ``num_boxes`` random boxes of 8..~60 % of the image side, with random labels.
+
+    Returns:
+        targets ``[{"boxes": (M, 4) xyxy float32, "labels": (M,) int64}]`` inside the image.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    targets = []
+    side = torch.tensor([width, height], dtype=torch.float32)
+    for _ in range(num_images):
+        size = (0.08 + 0.5 * torch.rand(num_boxes, 2, generator=generator)) * side
+        corner = torch.rand(num_boxes, 2, generator=generator) * (side - size)
+        boxes = torch.cat([corner, corner + size], dim=1)
+        labels = torch.randint(0, num_classes, (num_boxes,), generator=generator)
+        targets.append({"boxes": boxes, "labels": labels})
+    return targets
