@@ -240,3 +240,41 @@ def test_every_batch_makes_the_same_collective_calls(monkeypatch):
     calls.clear()
     model(images, [(64, 64)], full)
     assert calls_empty == len(calls) == 2
+
+
+def test_focal_loss_sum_matches_the_one_hot_form():
+    from torchvision.ops import sigmoid_focal_loss
+
+    from msadkit.modeling.fcos_losses import sigmoid_focal_loss_sum
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 7, 3) * 3).double().requires_grad_()
+    labels = torch.tensor([[0, 3, 2, 3, 1, 3, 0], [3, 3, 1, 2, 3, 0, 3]])  # 3 = background
+    one_hot = torch.nn.functional.one_hot(labels, 4)[..., :3].double()
+    ours = sigmoid_focal_loss_sum(logits, labels)
+    reference = sigmoid_focal_loss(logits, one_hot, alpha=0.25, gamma=2.0, reduction="sum")
+    torch.testing.assert_close(ours, reference)
+    (grad_ours,) = torch.autograd.grad(ours, logits)
+    (grad_reference,) = torch.autograd.grad(reference, logits)
+    torch.testing.assert_close(grad_ours, grad_reference)
+
+
+def test_chunked_assignment_equals_whole_batch_assignment(monkeypatch):
+    import msadkit.modeling.fcos_targets as fcos_targets_module
+
+    torch.manual_seed(1)
+    locations = compute_locations([(8, 8), (4, 4)], [8, 16])
+    targets = []
+    for count in (3, 0, 5):
+        xy = torch.rand(count, 2) * 40
+        wh = torch.rand(count, 2) * 30 + 4
+        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1), "labels": torch.randint(0, 3, (count,))})
+    whole = assign_fcos_targets(locations, [8, 16], targets, num_classes=3, sizes_of_interest=[(-1, 32), (32, 1e8)])
+    monkeypatch.setattr(fcos_targets_module, "ASSIGNMENT_CHUNK_ELEMENTS", 1)
+    chunked = assign_fcos_targets(locations, [8, 16], targets, num_classes=3, sizes_of_interest=[(-1, 32), (32, 1e8)])
+    assert torch.equal(whole.labels, chunked.labels) and torch.equal(whole.matched_gt, chunked.matched_gt)
+    torch.testing.assert_close(whole.reg_targets, chunked.reg_targets, rtol=0, atol=0)
+    # Each image is assigned on its own boxes: the empty image is all background.
+    assert torch.all(whole.labels[1] == 3)
+    single = assign_fcos_targets(locations, [8, 16], targets[2:], num_classes=3, sizes_of_interest=[(-1, 32), (32, 1e8)])
+    assert torch.equal(single.labels[0], whole.labels[2])

@@ -124,15 +124,17 @@ class Distiller(nn.Module):
         if image_sizes is None:
             image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
         image_shape = (images.shape[-2], images.shape[-1])
-        features = self.student.extract_features(images)
-        levels = self.student.select_levels(features)
-        predictions = self.student.predict(levels)
-        losses = dict(self.student.losses(predictions, targets, image_shape))
-
+        # The teacher runs first: its no-grad activations are freed before the student's
+        # activations (kept for backward) build up, which lowers peak memory.
         teacher = self._teacher_on(images.device)
         need_predictions = any(loss.needs_teacher_predictions for loss in self.distill_losses)
         with torch.no_grad():
             teacher_outputs = teacher.distillation_outputs(images, image_sizes, need_predictions=need_predictions)
+
+        features = self.student.extract_features(images)
+        levels = self.student.select_levels(features)
+        predictions = self.student.predict(levels)
+        losses = dict(self.student.losses(predictions, targets, image_shape))
         student_outputs = StudentOutputs(self.student, levels, predictions, image_shape)
         for loss in self.distill_losses:
             terms = loss(student_outputs, teacher_outputs, targets, self.iteration)
