@@ -315,7 +315,7 @@ def plot_fusion_weights(
     bar_ax.axhline(0.5, color="black", lw=0.8, ls="--")
     bar_ax.set_xticks(x, level_names)
     bar_ax.set(ylim=(0, 1), title=f"mean over {num_images} images", xlabel="level", ylabel="weight")
-    bar_ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    bar_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
     figure.suptitle(title)
     figure.tight_layout()
     return figure
