@@ -4,9 +4,9 @@ Every execution owns one run folder. The notebook writes its outputs there (its 
 parameter is set to the folder), the executed copy goes next to them, and ``notebook_run.json``
 records the notebook, the parameters and the outcome. A run counts as *finished* when that record
 says ``"finished"``, which is written only after papermill returned without error and the notebook
-wrote its ``results.json``; a finished run is skipped when it is asked for again with the same
-parameters, and an unfinished or failed one is executed again (the training helpers the notebooks
-use resume an interrupted training run from its last checkpoint).
+marked its ``results.json`` complete (its last cell does). A finished run is skipped when it is
+asked for again with the same parameters; an unfinished or failed one is executed again (the
+training helpers the notebooks use resume an interrupted training run from its last checkpoint).
 
 Papermill settings chosen against its known pain points: cell output is logged live
 (``log_output=True``), a slow IOPub channel after a long cell is waited for instead of failing the
@@ -87,6 +87,7 @@ class NotebookRun:
         skipped: True when a finished run with the same parameters was found and not executed.
         error: one line describing the failure, or None.
         duration_s: seconds the execution took (0 when skipped).
+        results: the notebook's ``results.json`` (empty for a failed run).
     """
 
     notebook: Path
@@ -327,12 +328,11 @@ def run_notebook(
 
     Raises:
         ConfigError: the folder holds a finished run made with other parameters (and not
-            ``force``), or a parameter is not a JSON value.
+            ``force``), or a parameter is not a JSON value or not declared by the notebook.
         NotebookExecutionError: a cell raised; the executed copy with the traceback stays in
             ``run_dir`` and ``notebook_run.json`` says ``"failed"``.
     """
     import papermill
-    from papermill.exceptions import PapermillExecutionError
 
     source = resolve_notebook(notebook)
     run_dir = Path(run_dir).expanduser().resolve()
@@ -341,7 +341,8 @@ def run_notebook(
 
     record = read_run_record(run_dir)
     if record and not force and is_finished(run_dir):
-        if record.get("notebook") == source.stem and _comparable(record.get("parameters", {})) == _comparable(params):
+        same = _comparable(record.get("parameters", {})) == _comparable(params)
+        if record.get("notebook") == source.stem and same:
             logger.info("%s: finished run found, not executed again", run_dir)
             return NotebookRun(source, run_dir, params, "finished", skipped=True, results=_read_results(run_dir))
         raise ConfigError(
@@ -380,9 +381,7 @@ def run_notebook(
             execution_timeout=execution_timeout,
             **engine_kwargs,
         )
-    except PapermillExecutionError as exc:
-        error = exc
-    except Exception as exc:  # kernel died, timed out, could not start: still a failed run
+    except Exception as exc:  # a cell raised, or the kernel died, timed out or did not start
         error = exc
     duration = time.perf_counter() - start
     if error is None and _read_results(run_dir).get("complete") is not True:
