@@ -60,7 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="run the four notebooks on the embedded dataset on CPU (MSAD end to end, about 10 minutes)",
         description="Teacher training, student distillation, feature alignment and the AP table on the embedded "
-        "synthetic dataset, on the CPU. Finished steps are skipped when the demo is run again.",
+        "synthetic dataset, on the CPU. Finished steps are skipped when the demo is run again. On a machine "
+        "whose cores are busy with other work, run it as `OMP_NUM_THREADS=1 msadkit demo`.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--force", action="store_true", help="execute every notebook again (training runs are still reused)")
