@@ -17,13 +17,16 @@ def _single_thread_torch():
 
 
 @pytest.fixture(autouse=True)
-def _lightning_logs_to_current_stderr():
-    # Lightning attaches a stream handler at import time; pytest swaps stderr per test, so point
-    # the handler at the current one instead of a closed capture stream.
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        for handler in logging.getLogger(name).handlers:
-            if isinstance(handler, logging.StreamHandler):
-                handler.setStream(sys.stderr)
+def _log_handlers_to_current_stderr():
+    # Lightning and torchmetrics attach stream handlers at import time; pytest swaps stderr per
+    # test, so point every plain stream handler at the current one instead of a closed capture.
+    loggers = [logging.getLogger()] + [
+        logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if type(handler) is logging.StreamHandler:
+                handler.stream = sys.stderr  # not setStream: it flushes the old, closed stream
     yield
 
 

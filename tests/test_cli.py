@@ -60,3 +60,15 @@ def test_overrides_may_follow_options(tmp_path, tiny_overrides, capsys):
 def test_unknown_option_is_rejected():
     with pytest.raises(SystemExit):
         main(["train", "fcos_demo", "--bogus"])
+
+
+def test_evaluate_a_teacher_branch_writes_its_own_file(tmp_path, tiny_overrides, capsys):
+    run = tmp_path / "teacher"
+    assert main(["train", "msad/msad_teacher_demo", *tiny_overrides(run, max_iter=1), "model.arch=msad_teacher"]) == 0
+    own = json.loads((run / "eval.json").read_text())
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--branch", "high"]) == 0
+    high = json.loads((run / "eval_high.json").read_text())
+    assert set(high) == set(own)
+    # The run's own result (the fused branch) is untouched.
+    assert json.loads((run / "eval.json").read_text()) == own

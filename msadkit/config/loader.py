@@ -11,7 +11,7 @@ import yaml
 from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
 from msadkit.errors import ConfigError
 
-__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config"]
+__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config"]
 
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BASE_KEY = "_base_"
@@ -139,6 +139,16 @@ def load_config(name: str | Path | None = None, overrides: Iterable[str] = ()) -
     for text in overrides:
         path, value = parse_override(text)
         _merge(config, _nest(path, value), DEFAULTS, f"override '{text}'")
+    return config
+
+
+def merge_into_config(config: dict[str, Any], update: dict[str, Any], source: str) -> dict[str, Any]:
+    """Merge a nested mapping of overrides into ``config`` in place, checking keys and types.
+
+    Only the keys present in ``update`` change (``{"model": {"msad": {"eval_branch": "high"}}}``
+    leaves the other ``model.msad`` keys alone).
+    """
+    _merge(config, update, DEFAULTS, source)
     return config
 
 

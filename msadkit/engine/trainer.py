@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
+from msadkit.config.loader import merge_into_config
 from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
 from msadkit.engine.buffer_sync import BroadcastBuffersAtEnd
 from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
@@ -228,15 +229,25 @@ def evaluate_run(
     overrides: dict[str, Any] | None = None,
     device: str = "cpu",
     write: bool = True,
+    name: str = EVAL_NAME,
 ) -> dict[str, float]:
-    """Evaluate a run folder's final weights (or ``weights``) on its validation split."""
+    """Evaluate a run folder's final weights (or ``weights``) on its validation split.
+
+    Args:
+        run_dir: folder written by :func:`train`.
+        weights: another checkpoint to evaluate instead of ``model_final.pth``.
+        overrides: nested config values to change for the evaluation (checked like config keys),
+            e.g. ``{"model": {"msad": {"eval_branch": "high"}}}``.
+        device: where to run.
+        write: write ``run_dir/<name>`` (and ``summary.json`` when ``name`` is ``eval.json``).
+        name: file name of the metrics, so another branch or checkpoint does not replace eval.json.
+    """
     run_dir = Path(run_dir)
     config = read_run_config(run_dir)
-    for section, values in (overrides or {}).items():
-        config[section].update(values)
+    merge_into_config(config, overrides or {}, "evaluate overrides")
     weights = Path(weights) if weights else run_dir / FINAL_WEIGHTS_NAME
     dataset = build_dataset(config, "val")
     model = build_model(config, for_inference=True)
     load_model_weights(model, weights)
     model.to(device)
-    return evaluate_model(model, config, run_dir if write else None, dataset=dataset, device=device)
+    return evaluate_model(model, config, run_dir if write else None, dataset=dataset, device=device, name=name)
