@@ -7,7 +7,9 @@ Names understood by :func:`get_norm`:
   behaves as plain BN when no process group is running).
 - ``"FrozenBN"``: :class:`FrozenBatchNorm2d`, fixed affine and statistics, no parameters.
 - ``"GN"``: :class:`torch.nn.GroupNorm` with 32 groups, or the largest divisor of the channel
-  count below 32 when 32 does not divide it (e.g. 16 groups for a 16-channel stem at width 0.25).
+  count below 32 that leaves at least 2 channels per group (e.g. 8 groups for a 16-channel stem at
+  width 0.25, 16 for a 32-channel FPN). A group of one channel would normalise a 1x1 map (P7 of a
+  small image at batch 1) over a single value: torch refuses it, and it erases the feature.
 - ``""``: no normalization (:class:`torch.nn.Identity`).
 """
 
@@ -76,8 +78,8 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 def group_norm_groups(channels: int, preferred: int = _GN_GROUPS) -> int:
-    """The largest group count ``<= preferred`` that divides ``channels``."""
-    for groups in range(min(preferred, channels), 0, -1):
+    """The largest group count ``<= preferred`` that divides ``channels`` into groups of >= 2."""
+    for groups in range(min(preferred, channels // 2), 0, -1):
         if channels % groups == 0:
             return groups
     return 1

