@@ -81,7 +81,8 @@ def overrides(args: argparse.Namespace, method: str, seed: int) -> list[str]:
     if method == "msad_student":
         values.append(f"distill.teacher={run_dir(args.out, 'msad_teacher', seed)}")
         if args.kd_weight is not None:
-            values.append(f"distill.losses=[{{type: msad_feature, weight: {args.kd_weight}, ramp_iters: {args.ramp_iters}}}]")
+            term = f"{{type: msad_feature, weight: {args.kd_weight}, ramp_iters: {args.ramp_iters}}}"
+            values.append(f"distill.losses=[{term}]")
     return values + list(args.overrides)
 
 
@@ -184,7 +185,10 @@ def main() -> int:
 
     for line in environment_lines():
         print(line)
-    print(f"runs: {args.out}, seeds {args.seeds}, {args.iters} iterations, {args.jobs} at a time, {args.threads} thread(s) each")
+    print(
+        f"runs: {args.out}, seeds {args.seeds}, {args.iters} iterations, {args.jobs} at a time, "
+        f"{args.threads} thread(s) each"
+    )
     start = time.time()
     if not args.table_only:
         walls = sweep(args)

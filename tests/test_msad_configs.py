@@ -45,7 +45,8 @@ def flops(name: str) -> dict:
 
 
 def test_the_recipes_are_all_packaged():
-    expected = {f"msad/{kind}_w{w}" for kind in ("msad_teacher", "msad_student", "fcos_high", "fcos_low") for w in WIDTHS}
+    kinds = ("msad_teacher", "msad_student", "fcos_high", "fcos_low")
+    expected = {f"msad/{kind}_w{w}" for kind in kinds for w in WIDTHS}
     expected |= {f"msad/{kind}_demo" for kind in ("msad_teacher", "msad_student", "fcos_high", "fcos_low")}
     assert expected <= set(MSAD_CONFIGS)
 

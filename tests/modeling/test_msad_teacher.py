@@ -199,8 +199,9 @@ def test_distillation_outputs_hand_out_the_fused_pyramid(teacher):
         torch.testing.assert_close(mine, ref)
     assert tuple(out.extras["fusion_weights"].shape) == (2, 5, 2)
     assert len(out.extras["high_levels"]) == len(out.extras["low_levels"]) == 5
-    assert [tuple(x.shape[-2:]) for x in with_head.predictions["cls_logits"]] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
-    torch.testing.assert_close(with_head.predictions["cls_logits"][0], teacher.detector.head(reference["fused"])["cls_logits"][0])
+    logits = with_head.predictions["cls_logits"]
+    assert [tuple(x.shape[-2:]) for x in logits] == [(32, 32), (16, 16), (8, 8), (4, 4), (2, 2)]
+    torch.testing.assert_close(logits[0], teacher.detector.head(reference["fused"])["cls_logits"][0])
 
 
 def test_flops_inputs_follow_the_eval_branch(teacher):

@@ -22,7 +22,13 @@ from msadkit.modeling.distillation.distiller import Distiller
 from msadkit.modeling.distillation.terms.registry import build_term
 from msadkit.modeling.msad_teacher import SIZE_DIVISIBILITY, MSADTeacher
 
-__all__ = ["build_distiller", "load_teacher", "read_teacher_checkpoint", "init_student_from_teacher", "teacher_detector"]
+__all__ = [
+    "build_distiller",
+    "load_teacher",
+    "read_teacher_checkpoint",
+    "init_student_from_teacher",
+    "teacher_detector",
+]
 
 
 def _complete(defaults: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:

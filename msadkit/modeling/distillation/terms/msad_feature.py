@@ -127,9 +127,13 @@ def build_msad_feature(
         raise ConfigError(f"distill.losses type msad_feature: unknown options {unknown}; known: {sorted(OPTIONS)}")
     values = {**OPTIONS, **options}
     if values["loss_type"] not in LOSS_TYPES:
-        raise ConfigError(f"distill.losses type msad_feature: loss_type must be one of {LOSS_TYPES}, got {values['loss_type']!r}")
+        raise ConfigError(
+            f"distill.losses type msad_feature: loss_type must be one of {LOSS_TYPES}, got {values['loss_type']!r}"
+        )
     if not isinstance(values["ramp_iters"], int) or values["ramp_iters"] < 0:
-        raise ConfigError(f"distill.losses type msad_feature: ramp_iters must be an integer >= 0, got {values['ramp_iters']!r}")
+        raise ConfigError(
+            f"distill.losses type msad_feature: ramp_iters must be an integer >= 0, got {values['ramp_iters']!r}"
+        )
     if not values["temperature"] > 0:
         raise ConfigError(f"distill.losses type msad_feature: temperature must be > 0, got {values['temperature']!r}")
 
@@ -147,7 +151,8 @@ def build_msad_feature(
         raise ConfigError(
             "distill.losses type msad_feature: student and teacher levels do not line up (student "
             f"{student_levels} at input_downsample={student.input_downsample}, teacher "
-            f"{tuple(teacher.in_features)} at input_downsample={teacher.input_downsample}); use the same model.resolution"
+            f"{tuple(teacher.in_features)} at input_downsample={teacher.input_downsample}); "
+            "use the same model.resolution"
         )
     return MSADFeatureLoss(
         weight=float(values["weight"]),

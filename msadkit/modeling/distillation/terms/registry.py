@@ -43,7 +43,12 @@ def register_term(name: str) -> Callable[[TermBuilder], TermBuilder]:
 
 
 def build_term(
-    spec: dict[str, Any], *, student: "nn.Module", teacher: "nn.Module", config: dict[str, Any], where: str = "distill.losses"
+    spec: dict[str, Any],
+    *,
+    student: "nn.Module",
+    teacher: "nn.Module",
+    config: dict[str, Any],
+    where: str = "distill.losses",
 ) -> "DistillationLoss":
     """Build one loss term from its config entry ``{"type": ..., "weight": ..., **options}``.
 
