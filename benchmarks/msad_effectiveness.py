@@ -9,7 +9,7 @@ seeds) and the share of the low-res -> high-res AP gap the student closes.
 Run folders that already hold an ``eval.json`` are reused, so an interrupted sweep continues where
 it stopped and ``--table-only`` reprints the table.
 
-    MSADKIT_CACHE=/tmp/msadcache python benchmarks/msad_effectiveness.py --out runs/msad_effectiveness
+    MSADKIT_CACHE=<cache folder> python benchmarks/msad_effectiveness.py --out runs/msad_effectiveness
 """
 
 from __future__ import annotations
