@@ -22,7 +22,8 @@ DEFAULTS: dict[str, Any] = {
     "role": "baseline",
     "schedule": "",
     "model": {
-        # fcos | retinanet | msad_teacher | msad_student
+        # fcos | retinanet | msad_teacher. A student is a detector (an MSAD student: fcos with
+        # resolution low) whose run sets distill.teacher.
         "arch": "fcos",
         "num_classes": 80,
         "backbone": {
