@@ -68,6 +68,7 @@ CONFIGS = {
     },
 }
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+SWEEP_LOG = "sweeps.jsonl"  # one record per invocation that trained something
 
 
 def run_dir(out: Path, method: str, seed: int | None = None) -> Path:
@@ -257,6 +258,26 @@ def format_table(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def results_body(out: Path, table: str) -> str:
+    """Machine, every invocation that trained runs of ``out`` (date, command, wall time), settings, table."""
+    log = out / SWEEP_LOG
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    records = [r for r in records if r["trained"]]
+    lines = []
+    if records:
+        first = records[0]["header"]
+        lines += [f"- {line}" for line in first if not line.startswith(("date:", "command:"))]
+        for k, record in enumerate(records, start=1):
+            facts = dict(line.split(": ", 1) for line in record["header"] if line.startswith(("date:", "command:")))
+            lines.append(
+                f"- invocation {k}: {facts.get('date', '?')}, `{facts.get('command', '?')}`, wall time "
+                f"{record['wall_min']:.1f} min, trained {len(record['trained'])} jobs"
+            )
+        lines.append(f"- settings: {records[-1]['settings']}")
+        lines.append(f"- total wall time: {sum(r['wall_min'] for r in records):.1f} min")
+    return "\n".join([*lines, "", table])
+
+
 def write_section(path: Path, body: str) -> None:
     """Put ``HEADING`` + ``body`` into ``path``, replacing the old section (up to the next ``## ``)."""
     text = path.read_text() if path.is_file() else "# Benchmark results\n"
@@ -283,7 +304,9 @@ def main() -> int:
     parser.add_argument("--score-threshold", type=float, default=0.4, help="pseudo-label score threshold")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--results", type=Path, help="Markdown file to write the table into")
+    parser.add_argument(
+        "--results", type=Path, help="Markdown file to write the table into (with --table-only too)"
+    )
     parser.add_argument("--table-only", action="store_true", help="print the table of the finished runs")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. solver.batch_size=8")
     args = parser.parse_args()
@@ -299,27 +322,22 @@ def main() -> int:
     print(f"runs: {args.out}; {settings}")
     start = time.time()
     if not args.table_only:
+        args.out.mkdir(parents=True, exist_ok=True)
         walls = sweep(args)
         for method in args.methods:
             times = [walls[f"{method} seed {s}"] for s in args.seeds if f"{method} seed {s}" in walls]
             if times:
                 print(f"   {method}: {statistics.mean(times) / 60:.1f} min per run (mean of {len(times)})")
-    wall = (time.time() - start) / 60
-    print(f"sweep wall time: {wall:.1f} min")
+        wall = (time.time() - start) / 60
+        print(f"sweep wall time: {wall:.1f} min")
+        record = {"header": header, "settings": settings, "wall_min": round(wall, 1), "trained": sorted(walls)}
+        with open(args.out / SWEEP_LOG, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
     table = format_table(args)
     print()
     print(table)
-    if args.results is not None and not args.table_only:
-        body = "\n".join(
-            [
-                *(f"- {line}" for line in header),
-                f"- settings: {settings}",
-                f"- wall time of this invocation: {wall:.1f} min (runs reused from an earlier invocation not counted)",
-                "",
-                table,
-            ]
-        )
-        write_section(args.results, body)
+    if args.results is not None:
+        write_section(args.results, results_body(args.out, table))
         print(f"\nwritten to {args.results}")
     return 0
 
