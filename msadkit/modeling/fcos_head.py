@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from msadkit.modeling.norm import get_norm
+from msadkit.modeling.head_layers import conv_tower, init_dense_head
 
 __all__ = ["Scale", "FCOSHead"]
 
@@ -53,29 +51,15 @@ class FCOSHead(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.cls_tower = self._tower(in_channels, num_convs, norm)
-        self.bbox_tower = self._tower(in_channels, num_convs, norm)
+        self.cls_tower = conv_tower(in_channels, num_convs, norm)
+        self.bbox_tower = conv_tower(in_channels, num_convs, norm)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
         self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1, bias=False)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
+        init_dense_head(self, self.cls_logits, prior_prob)
 
-    @staticmethod
-    def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for _ in range(num_convs):
-            layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=not norm))
-            if norm:
-                layers.append(get_norm(norm, channels))
-            layers.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*layers)
 
     def forward(self, levels: list[Tensor]) -> dict[str, list[Tensor]]:
         """Predict on each level.

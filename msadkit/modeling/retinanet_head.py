@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor, nn
 
-from msadkit.modeling.norm import get_norm
+from msadkit.modeling.head_layers import conv_tower, init_dense_head
 
 __all__ = ["RetinaNetHead"]
 
@@ -53,28 +51,13 @@ class RetinaNetHead(nn.Module):
             )
         self.num_classes = num_classes
         self.num_anchors = num_anchors
-        self.cls_subnet = self._tower(in_channels, num_convs, norm)
-        self.bbox_subnet = self._tower(in_channels, num_convs, norm)
+        self.cls_subnet = conv_tower(in_channels, num_convs, norm)
+        self.bbox_subnet = conv_tower(in_channels, num_convs, norm)
         self.cls_score = nn.Conv2d(in_channels, num_anchors * num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, num_anchors * 4, 3, padding=1)
 
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.normal_(module.weight, std=0.01)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        nn.init.constant_(self.cls_score.bias, -math.log((1 - prior_prob) / prior_prob))
+        init_dense_head(self, self.cls_score, prior_prob)
 
-    @staticmethod
-    def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
-        layers: list[nn.Module] = []
-        for _ in range(num_convs):
-            # A following norm layer has its own shift, so the conv bias would be redundant.
-            layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=not norm))
-            if norm:
-                layers.append(get_norm(norm, channels))
-            layers.append(nn.ReLU(inplace=True))
-        return nn.Sequential(*layers)
 
     def forward(self, levels: list[Tensor]) -> dict[str, list[Tensor]]:
         """Raw predictions of every level.

@@ -1,0 +1,37 @@
+"""Layers shared by the dense heads (FCOS, RetinaNet)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from msadkit.modeling.norm import get_norm
+
+__all__ = ["conv_tower", "init_dense_head"]
+
+
+def conv_tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv, optional norm, ReLU), keeping ``channels``."""
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        # A following norm layer has its own shift, so the conv bias would be redundant.
+        layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=not norm))
+        if norm:
+            layers.append(get_norm(norm, channels))
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def init_dense_head(head: nn.Module, classifier: nn.Conv2d, prior_prob: float) -> None:
+    """Normal(0, 0.01) conv weights, zero biases, and a classifier bias giving ``prior_prob``.
+
+    The prior keeps the focal loss of the many background locations small at the start of
+    training (RetinaNet's initialisation).
+    """
+    for module in head.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.normal_(module.weight, std=0.01)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    nn.init.constant_(classifier.bias, -math.log((1 - prior_prob) / prior_prob))
