@@ -38,7 +38,7 @@ from common import (  # noqa: E402
 )
 
 from msadkit.config import load_config  # noqa: E402
-from msadkit.engine.checkpoint import save_atomic  # noqa: E402
+from msadkit.utils.checkpoint import save_atomic  # noqa: E402
 from msadkit.modeling.build import build_model  # noqa: E402
 from msadkit.modeling.distillation.distiller import Distiller  # noqa: E402
 

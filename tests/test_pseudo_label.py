@@ -13,7 +13,7 @@ from PIL import Image
 from msadkit.cli import main
 from msadkit.config import dump_config, load_config
 from msadkit.data import CocoDetectionDataset
-from msadkit.engine.checkpoint import save_atomic
+from msadkit.utils.checkpoint import save_atomic
 from msadkit.engine.datasets import resolve_data_paths
 from msadkit.engine.metrics_logger import read_metrics
 from msadkit.engine.trainer import train

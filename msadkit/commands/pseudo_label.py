@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _load_teacher(args: argparse.Namespace):
     """``(model, config)`` from ``--teacher`` or ``--config`` + ``--weights``."""
     from msadkit.config import load_config
-    from msadkit.engine.checkpoint import load_state_dict_strict
+    from msadkit.utils.checkpoint import load_state_dict_strict
     from msadkit.engine.trainer import load_model_weights
     from msadkit.errors import ConfigError
     from msadkit.modeling.build import build_model

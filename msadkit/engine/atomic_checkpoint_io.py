@@ -6,13 +6,13 @@ from typing import Any
 
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from msadkit.engine.checkpoint import save_atomic
+from msadkit.utils.checkpoint import save_atomic
 
 __all__ = ["AtomicCheckpointIO"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Saves through :func:`msadkit.engine.checkpoint.save_atomic` (temp file, then rename)."""
+    """Saves through :func:`msadkit.utils.checkpoint.save_atomic` (temp file, then rename)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str, storage_options: Any | None = None) -> None:
         if storage_options is not None:

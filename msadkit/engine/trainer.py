@@ -17,7 +17,7 @@ from torch import nn
 from msadkit.config.loader import merge_into_config
 from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
 from msadkit.engine.buffer_sync import BroadcastBuffersAtEnd
-from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
+from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 from msadkit.engine.datasets import build_dataset, build_loader
 from msadkit.engine.evaluation import coco_evaluate, format_ap_table
 from msadkit.engine.inference import predict_coco_results

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
+from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
 from msadkit.errors import CheckpointError, InputError
 from msadkit.modeling.norm import FrozenBatchNorm2d, freeze_batchnorm, get_norm
 

@@ -45,7 +45,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from msadkit.engine.checkpoint import key_problems, load_checkpoint_file, load_state_dict_strict
+from msadkit.utils.checkpoint import key_problems, load_checkpoint_file, load_state_dict_strict
 from msadkit.errors import CheckpointError
 from msadkit.modeling.norm import FrozenBatchNorm2d, get_norm
 from msadkit.modeling.resnet import RESNET_STRIDES, check_image_batch, freeze_stages

@@ -232,7 +232,7 @@ def test_bad_options_are_config_errors(options, message):
 def save_random_teacher(path, name: str, overrides: list[str]):
     """A teacher checkpoint (``{"model", "config"}``) of a freshly built model: enough to run the distiller."""
     from msadkit.config import load_config
-    from msadkit.engine.checkpoint import save_atomic
+    from msadkit.utils.checkpoint import save_atomic
     from msadkit.modeling.build import build_model
 
     config = load_config(name, overrides)
@@ -248,7 +248,7 @@ def save_random_teacher(path, name: str, overrides: list[str]):
 )
 def test_adl_distillation_run_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, detector):
     from msadkit.config import load_config
-    from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
+    from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
     from msadkit.engine.metrics_logger import read_metrics
     from msadkit.engine.trainer import train
     from msadkit.modeling.build import build_model

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from msadkit.config import load_config
-from msadkit.engine.checkpoint import load_checkpoint_file
+from msadkit.utils.checkpoint import load_checkpoint_file
 from msadkit.engine.metrics_logger import read_metrics
 from msadkit.engine.trainer import evaluate_run, train
 from msadkit.errors import ConfigError

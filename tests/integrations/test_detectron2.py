@@ -22,7 +22,7 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from msadkit.config import load_config  # noqa: E402
 from msadkit.data import collate_detection, generate_synthetic_dataset  # noqa: E402
-from msadkit.engine.checkpoint import load_checkpoint_file, save_atomic  # noqa: E402
+from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic  # noqa: E402
 from msadkit.engine.datasets import build_dataset, build_loader  # noqa: E402
 from msadkit.engine.metrics_logger import read_metrics  # noqa: E402
 from msadkit.engine.task import DetectionTask  # noqa: E402

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from msadkit.config import load_config
-from msadkit.engine.checkpoint import load_checkpoint_file, save_atomic
+from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic
 from msadkit.engine.run_folder import write_run_config
 from msadkit.engine.trainer import train
 from msadkit.errors import CheckpointError, ConfigError

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from msadkit.config import default_config
-from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
+from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 from msadkit.errors import CheckpointError, MsadkitError
 
 __all__ = [

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from msadkit.engine.checkpoint import key_problems
+from msadkit.utils.checkpoint import key_problems
 from msadkit.errors import CheckpointError
 
 __all__ = ["StrictDetectionCheckpointer"]

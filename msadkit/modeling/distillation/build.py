@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from msadkit.config import default_config
-from msadkit.engine.checkpoint import load_checkpoint_file, load_state_dict_strict
+from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
 from msadkit.engine.run_folder import CONFIG_NAME, FINAL_WEIGHTS_NAME, read_run_config
 from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.distillation.distiller import Distiller
