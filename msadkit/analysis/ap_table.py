@@ -220,30 +220,26 @@ def _latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIALS.get(char, char) for char in text)
 
 
-def _read_json_object(path: Path) -> dict:
+def _read_mapping(path: Path, parse: Any, error: type[Exception], fmt: str, expected: str) -> dict:
+    """Parse ``path`` with ``parse`` into a dict; every failure is one MsadkitError naming the file."""
     try:
         with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise MsadkitError(f"{path} is not valid JSON: {exc}") from None
+            data = parse(handle)
+    except error as exc:
+        raise MsadkitError(f"{path} is not valid {fmt}: {exc}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise MsadkitError(f"{path} cannot be read: {exc}") from None
     if not isinstance(data, dict):
-        raise MsadkitError(f"{path} holds a {type(data).__name__}, expected a JSON object")
+        raise MsadkitError(f"{path} holds a {type(data).__name__}, expected {expected}")
     return data
+
+
+def _read_json_object(path: Path) -> dict:
+    return _read_mapping(path, json.load, json.JSONDecodeError, "JSON", "a JSON object")
 
 
 def _read_yaml_object(path: Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise MsadkitError(f"{path} is not valid YAML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise MsadkitError(f"{path} cannot be read: {exc}") from None
-    if not isinstance(data, dict):
-        raise MsadkitError(f"{path} holds a {type(data).__name__}, expected a mapping of config keys")
-    return data
+    return _read_mapping(path, yaml.safe_load, yaml.YAMLError, "YAML", "a mapping of config keys")
 
 
 def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
