@@ -12,14 +12,14 @@ from msadkit.config import list_packaged_configs, load_config
 from msadkit.modeling.build import build_model
 
 WIDTHS = {"025": 0.25, "050": 0.5, "075": 0.75, "100": 1.0}
-# MSAD README (METHODS.md §1.9): capacity of the teacher (high + low input) and of the student.
+# MSAD README (docs/methods.md §1.9): capacity of the teacher (high + low input) and of the student.
 README_CAPACITY = {
     "025": (0.08, 0.02),
     "050": (0.31, 0.06),
     "075": (0.70, 0.14),
     "100": (1.25, 0.25),
 }
-# METHODS.md §1.8: (batch, base LR, iterations, LR steps).
+# docs/methods.md §1.8: (batch, base LR, iterations, LR steps).
 TEACHER_SCHEDULE = {
     "025": (16, 0.01, 90_000, [60_000, 80_000]),
     "050": (8, 0.01, 180_000, [120_000, 160_000]),

@@ -16,7 +16,7 @@ from msadkit.distill.gid_selection import GeneralInstances, select_general_insta
 
 __all__ = ["GI_DEFAULTS", "gi_options", "general_instances", "instances_as_dicts"]
 
-# Selection options (METHODS.md §3.1: NMS IoU 0.3, top 10 per image, the paper's score).
+# Selection options (docs/methods.md §3.1: NMS IoU 0.3, top 10 per image, the paper's score).
 GI_DEFAULTS: dict[str, Any] = {
     "iou_threshold": 0.3,
     "top_k": 10,

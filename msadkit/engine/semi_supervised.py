@@ -1,4 +1,4 @@
-"""Semi-supervised adaptive distillation (SAD, METHODS.md §2.4): pseudo-labels and alternating batches.
+"""Semi-supervised adaptive distillation (SAD, docs/methods.md §2.4): pseudo-labels and alternating batches.
 
 A trained teacher labels unlabeled images (:func:`generate_pseudo_labels`, ``msadkit
 pseudo-label``); its detections above a score threshold become a COCO json. Training then

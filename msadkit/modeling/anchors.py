@@ -1,4 +1,4 @@
-"""RetinaNet anchors: A boxes per feature-map location on every pyramid level (METHODS.md §2.3).
+"""RetinaNet anchors: A boxes per feature-map location on every pyramid level (docs/methods.md §2.3).
 
 Anchor order inside a level is ``(y, x, a)``: all A anchors of location ``(0, 0)``, then those of
 ``(0, 1)``, and so on row by row. This is the order that

@@ -18,7 +18,7 @@ __all__ = ["BACKBONES", "ARCHITECTURES", "build_bottom_up", "build_backbone", "b
 BACKBONES = ("slimmable_resnet50", "resnet50", "resnet101")
 HIGH_RES_FEATURES = ("p3", "p4", "p5", "p6", "p7")
 # A low-resolution detector sees the 0.5x image and uses p2..p6, which are aligned with the
-# high-resolution p3..p7 and assigned with their strides and ground truth (METHODS.md §1.2).
+# high-resolution p3..p7 and assigned with their strides and ground truth (docs/methods.md §1.2).
 LOW_RES_FEATURES = ("p2", "p3", "p4", "p5", "p6")
 HIGH_RES_STRIDES = (8, 16, 32, 64, 128)
 

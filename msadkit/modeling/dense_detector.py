@@ -37,7 +37,7 @@ def downsample_nearest(images: Tensor, factor: int = 2) -> Tensor:
     """The low-resolution copy of a padded batch: plain nearest subsampling, no anti-aliasing.
 
     ``(N, C, H, W)`` -> ``(N, C, H // factor, W // factor)``, as ``F.interpolate(scale_factor=0.5,
-    mode="nearest")`` does in the MSAD code (METHODS.md §1.2).
+    mode="nearest")`` does in the MSAD code (docs/methods.md §1.2).
     """
     return F.interpolate(images, scale_factor=1.0 / factor, mode="nearest")
 

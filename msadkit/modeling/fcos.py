@@ -1,4 +1,4 @@
-"""FCOS detector (METHODS.md §1.5): assignment, losses and post-processing around the head."""
+"""FCOS detector (docs/methods.md §1.5): assignment, losses and post-processing around the head."""
 
 from __future__ import annotations
 

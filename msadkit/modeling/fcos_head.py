@@ -1,4 +1,4 @@
-"""The FCOS head as MSAD uses it (METHODS.md §1.5)."""
+"""The FCOS head as MSAD uses it (docs/methods.md §1.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FCOS losses: focal classification, centerness-weighted GIoU and centerness BCE (METHODS.md §1.5)."""
+"""FCOS losses: focal classification, centerness-weighted GIoU and centerness BCE (docs/methods.md §1.5)."""
 
 from __future__ import annotations
 

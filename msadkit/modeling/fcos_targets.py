@@ -1,4 +1,4 @@
-"""FCOS location grid and target assignment (METHODS.md §1.2, §1.5)."""
+"""FCOS location grid and target assignment (docs/methods.md §1.2, §1.5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The MSAD multi-scale teacher (METHODS.md §1.1-§1.5), registered as ``model.arch: msad_teacher``.
+"""The MSAD multi-scale teacher (docs/methods.md §1.1-§1.5), registered as ``model.arch: msad_teacher``.
 
 One backbone with FPN runs on the high-resolution batch and on its nearest 0.5x copy. Shifting the
 low-resolution pyramid by one level aligns the two: low ``p2..p6`` pairs with high ``p3..p7`` (same
@@ -39,7 +39,7 @@ __all__ = ["MSADTeacher", "EVAL_BRANCHES", "SIZE_DIVISIBILITY", "build_msad_teac
 
 EVAL_BRANCHES = ("fused", "high", "low")
 # Padding to a multiple of 256 makes low-res P_l and high-res P_(l+1) equal in size at every level
-# up to the high-res P7 (stride 128) (METHODS.md §1.2).
+# up to the high-res P7 (stride 128) (docs/methods.md §1.2).
 SIZE_DIVISIBILITY = 256
 
 

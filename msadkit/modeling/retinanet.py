@@ -1,4 +1,4 @@
-"""RetinaNet: anchor assignment, focal / box losses and post-processing (METHODS.md §2.3, §3.4).
+"""RetinaNet: anchor assignment, focal / box losses and post-processing (docs/methods.md §2.3, §3.4).
 
 Assignment follows detectron2's RetinaNet: an anchor whose best IoU with a ground-truth box is
 below 0.4 is background, at least 0.5 is foreground, in between is ignored; with
@@ -265,7 +265,7 @@ class RetinaNet(DenseDetector):
     def assign_boxes(self, anchors: Tensor, boxes: Tensor) -> Tensor:
         """``(R,)`` bool: anchors that the assignment rule makes foreground for ``boxes (M, 4)``.
 
-        GID uses this to turn its general-instance boxes into an anchor mask (METHODS.md §3.4).
+        GID uses this to turn its general-instance boxes into an anchor mask (docs/methods.md §3.4).
         """
         if boxes.numel() == 0:
             return torch.zeros(anchors.shape[0], dtype=torch.bool, device=anchors.device)

@@ -1,4 +1,4 @@
-"""The RetinaNet head: classification and box subnets shared across levels (METHODS.md §2.3)."""
+"""The RetinaNet head: classification and box subnets shared across levels (docs/methods.md §2.3)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ The teacher is deliberately *not* a submodule: it is absent from ``state_dict()`
 checkpoint holds only the student), from ``parameters()`` (the optimiser and DDP never see it) and
 from Lightning's checkpoints, so a resumed run never overwrites the student with the teacher. It is
 frozen, kept in eval mode whatever ``train()`` is called with, run under ``torch.no_grad()`` and
-moved to the student's device on first use (METHODS.md §1.6 caveats, §4).
+moved to the student's device on first use (docs/methods.md §1.6 caveats, §4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""ADL term: adaptive distillation of the classification logits (METHODS.md §2.2, §2.3).
+"""ADL term: adaptive distillation of the classification logits (docs/methods.md §2.2, §2.3).
 
 The student's classification logits at every location/anchor of every level imitate the teacher's
 through :func:`msadkit.distill.adl.adaptive_distillation_loss`. As in the released code only

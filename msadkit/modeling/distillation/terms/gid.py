@@ -1,4 +1,4 @@
-"""GID term: general instance distillation with feature, relation and response losses (METHODS.md §3).
+"""GID term: general instance distillation with feature, relation and response losses (docs/methods.md §3).
 
 Per batch:
 
@@ -207,7 +207,7 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
         self.output_size = int(output_size)
         self.fcos_centerness = bool(fcos_centerness)
         # A ModuleList registers the adapters: they are trained with the student and checkpointed
-        # with the distiller (the public reproduction kept them in a plain list, METHODS.md §3.2).
+        # with the distiller (the public reproduction kept them in a plain list, docs/methods.md §3.2).
         self.adapters: nn.ModuleList | None = None
         if student_channels != teacher_channels:
             self.adapters = nn.ModuleList(

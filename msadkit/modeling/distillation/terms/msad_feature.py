@@ -1,4 +1,4 @@
-"""MSAD feature distillation as a ``distill.losses`` term (``type: msad_feature``, METHODS.md §1.6).
+"""MSAD feature distillation as a ``distill.losses`` term (``type: msad_feature``, docs/methods.md §1.6).
 
 The student's FPN levels (``p2..p6`` of the low-resolution image) imitate the teacher's levels
 (the fused ``F3..F7`` of an MSAD teacher) with :func:`msadkit.distill.msad.msad_feature_loss`,
