@@ -39,8 +39,9 @@ from common import (  # noqa: E402
 
 from msadkit.config import load_config  # noqa: E402
 from msadkit.utils.checkpoint import save_atomic  # noqa: E402
-from msadkit.modeling.build import build_model  # noqa: E402
-from msadkit.modeling.distillation.distiller import Distiller  # noqa: E402
+from msadkit.engine.trainer import build_training_model  # noqa: E402
+from msadkit.modeling.registry import build_model  # noqa: E402
+from msadkit.distill.distiller import Distiller  # noqa: E402
 
 TARGET_RATIO = 1.10
 # method -> (teacher config, student config), all packaged demos.
@@ -62,11 +63,11 @@ def build_distiller(method: str, folder: Path, size: int) -> Distiller:
     teacher_name, student_name = METHODS[method]
     torch.manual_seed(0)
     teacher_config = load_config(teacher_name, size_overrides(size))
-    teacher = build_model(teacher_config, for_inference=True)
+    teacher = build_model(teacher_config)
     checkpoint = folder / f"{method}_teacher.pth"
     save_atomic({"model": teacher.state_dict(), "config": teacher_config}, checkpoint)
     student_config = load_config(student_name, size_overrides(size) + [f"distill.teacher={checkpoint}"])
-    distiller = build_model(student_config)
+    distiller = build_training_model(student_config)
     if not isinstance(distiller, Distiller):
         raise TypeError(f"{student_name} did not build a Distiller but a {type(distiller).__name__}")
     distiller.iteration = FINISHED_RAMPS_ITERATION

@@ -33,7 +33,7 @@ from common import (  # noqa: E402
 
 from msadkit.analysis.model_flops import config_flops  # noqa: E402
 from msadkit.config import load_config  # noqa: E402
-from msadkit.modeling.build import build_model  # noqa: E402
+from msadkit.modeling.registry import build_model  # noqa: E402
 
 TARGET_RATIO = 0.35
 
@@ -49,7 +49,7 @@ def detector_config(width: float, resolution: str, size: int, score_thresh: floa
 
 def build_detector(config: dict) -> nn.Module:
     torch.manual_seed(0)
-    return build_model(config, for_inference=True).eval()
+    return build_model(config).eval()
 
 
 def measure(width: float, batch: int, size: int, *, rounds: int, warmup: int, score_thresh: float | None) -> dict:

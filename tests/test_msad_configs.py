@@ -9,7 +9,7 @@ import pytest
 from msadkit.analysis.model_flops import config_flops
 from msadkit.cli import main
 from msadkit.config import list_packaged_configs, load_config
-from msadkit.modeling.build import build_model
+from msadkit.modeling.registry import build_model
 
 WIDTHS = {"025": 0.25, "050": 0.5, "075": 0.75, "100": 1.0}
 # MSAD README (docs/methods.md §1.9): capacity of the teacher (high + low input) and of the student.
@@ -117,5 +117,5 @@ def test_demo_configs_build_and_the_student_demo_uses_the_teacher_demo():
     for name in ("msad/msad_teacher_demo", "msad/msad_student_demo", "msad/fcos_high_demo", "msad/fcos_low_demo"):
         config = load_config(name)
         assert config["data"]["dataset"] == "synthetic"
-        model = build_model(config, for_inference=True)
+        model = build_model(config)
         assert sum(p.numel() for p in model.parameters()) > 0

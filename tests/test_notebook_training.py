@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-import msadkit.notebook_training as notebook_training
+import msadkit.notebook.training as notebook_training
 from msadkit.config import dump_config, load_config
 from msadkit.errors import ConfigError, MsadkitError
-from msadkit.notebook_training import (
+from msadkit.notebook.training import (
     baseline_settings,
     distillation_settings,
-    launch_training,
     loss_specs,
     notebook_config,
     override_strings,
     run_state,
     train_or_reuse,
-    training_command,
 )
+from msadkit.engine import launch
+from msadkit.engine.launch import launch_training, training_command
 
 TINY_FCOS = [
     "data.synthetic.num_train=4",
@@ -164,7 +164,7 @@ def test_launch_training_runs_msadkit_train_in_a_child_process(tmp_path, monkeyp
 
 def test_a_failing_training_process_is_an_error_with_its_last_lines(tmp_path, monkeypatch):
     failing = [sys.executable, "-c", "import sys; print('loss is nan'); sys.exit(3)"]
-    monkeypatch.setattr(notebook_training, "training_command", lambda *args, **kwargs: failing)
+    monkeypatch.setattr(launch, "training_command", lambda *args, **kwargs: failing)
     config = notebook_config("fcos_demo", output_dir=tmp_path / "run", devices=2)
     lines = []
     with pytest.raises(MsadkitError, match=r"exited with status 3(.|\n)*loss is nan"):

@@ -23,7 +23,7 @@ from PIL import Image
 from msadkit.cli import main
 from msadkit.commands.notebook import parse_grid, parse_value, split_values
 from msadkit.errors import ConfigError
-from msadkit.notebooks import (
+from msadkit.notebook.runner import (
     NOTEBOOK_NAMES,
     NotebookExecutionError,
     SweepError,
@@ -225,7 +225,8 @@ def test_student_notebook_trains_distilled_and_baseline_students(pipeline):
 
 
 def test_alignment_notebook_records_errors_weights_and_instances(pipeline):
-    from msadkit.analysis.run_models import load_image_batch, load_run_model
+    from msadkit.analysis.run_models import load_image_batch
+    from msadkit.modeling.loading import load_run_model
 
     run = pipeline["runs"]["03"]
     results = run.results
@@ -343,7 +344,7 @@ def toy_notebook(tmp_path):
     parameters.metadata["tags"] = ["parameters"]
     body = nbformat.v4.new_code_cell(
         "import sys\n"
-        "from msadkit.notebook_results import NotebookResults, is_interactive\n"
+        "from msadkit.notebook.results import NotebookResults, is_interactive\n"
         "results = NotebookResults(output_dir, 'toy')\n"
         "results.record('value', value)\n"
         "results.record('python', sys.executable)\n"

@@ -17,7 +17,7 @@ from msadkit.utils.checkpoint import save_atomic
 from msadkit.engine.datasets import resolve_data_paths
 from msadkit.engine.metrics_logger import read_metrics
 from msadkit.engine.trainer import train
-from msadkit.modeling.build import build_model
+from msadkit.modeling.registry import build_model
 
 
 @pytest.fixture

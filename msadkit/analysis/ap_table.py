@@ -19,7 +19,7 @@ read from, in order of preference:
    ``msad_teacher``.
 
 When a row has no capacity, it is computed from backbone, width and resolution with
-:mod:`msadkit.analysis.flops` (backbone bottom-up MACs at 800x1333 / 400x667 relative to the
+:mod:`msadkit.modeling.backbones.capacity` (backbone bottom-up MACs at 800x1333 / 400x667 relative to the
 width-1.0 ResNet-50 at 800x1333, MSAD's definition, whatever image size the run was evaluated at);
 a backbone the FLOP counter does not know leaves it empty.
 
@@ -41,7 +41,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 
 from msadkit.errors import MsadkitError
+from msadkit.modeling.backbones.capacity import capacity_of
 from msadkit.utils.atomic import write_text_atomic
+from msadkit.utils.run_folder import AP_METRICS, summary_fields
 
 __all__ = [
     "TABLE_COLUMNS",
@@ -69,7 +71,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "APm",
     "APl",
 )
-AP_COLUMNS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_COLUMNS: tuple[str, ...] = AP_METRICS
 
 _TEXT_COLUMNS = ("method", "backbone", "schedule", "role", "resolution", "branch", "run")
 _TWO_DECIMAL_COLUMNS = ("width", "capacity")
@@ -93,10 +95,6 @@ _LATEX_SPECIALS = {
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
 }
-# Backbone name -> (slimmable width is meaningful, ResNet depth) for the capacity computation.
-_COUNTABLE_BACKBONES = {"slimmable_resnet50": (True, 50), "resnet50": (False, 50), "resnet101": (False, 101)}
-
-
 def collect_runs(run_dirs: Iterable[str | os.PathLike], *, compute_capacity: bool = True) -> list[dict]:
     """Read one table row per run folder, in the order given.
 
@@ -153,7 +151,7 @@ def read_run(run_dir: str | os.PathLike, *, compute_capacity: bool = True) -> di
         value = _optional_number(evaluation.get(key), key, source)
         row[key] = math.nan if value is None else value
     if compute_capacity and row["capacity"] is None:
-        row["capacity"] = _derived_capacity(row["backbone"], row["width"], row["resolution"])
+        row["capacity"] = capacity_of(row["backbone"], row["width"], row["resolution"])
     return {key: row[key] for key in (*TABLE_COLUMNS, *_CSV_EXTRA_COLUMNS)}
 
 
@@ -242,31 +240,10 @@ def _read_yaml_object(path: Path) -> dict:
     return _read_mapping(path, yaml.safe_load, yaml.YAMLError, "YAML", "a mapping of config keys")
 
 
-def _lookup(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, Mapping) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _fields_from_config(config: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Table columns from a resolved config (see the module docstring for the keys read)."""
-    backbone = _lookup(config, "model.backbone.name")
-    fields: dict[str, Any] = {
-        "method": _lookup(config, "method"),
-        "role": _lookup(config, "role"),
-        "schedule": _lookup(config, "schedule") or None,
-        "backbone": backbone,
-        # A plain ResNet has no width; the key keeps its default there and would mislead.
-        "width": _lookup(config, "model.backbone.width") if backbone == "slimmable_resnet50" else None,
-        "resolution": _lookup(config, "model.resolution"),
-        "capacity": None,
-    }
-    if _lookup(config, "model.arch") == "msad_teacher":
-        fields["resolution"] = "high+low"
-    return fields
+    del path
+    return {**summary_fields(dict(config)), "capacity": None}
 
 
 def _optional_number(value: Any, key: str, source: Path) -> float | None:
@@ -275,25 +252,3 @@ def _optional_number(value: Any, key: str, source: Path) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise MsadkitError(f"{source}: {key!r} is {value!r}, expected a number or null")
     return float(value)
-
-
-def _derived_capacity(backbone: str | None, width: float | None, resolution: str | None) -> float | None:
-    """Capacity from the backbone MACs at MSAD's reference sizes, or None if it cannot be counted."""
-    if backbone not in _COUNTABLE_BACKBONES or resolution is None:
-        return None
-    slimmable, depth = _COUNTABLE_BACKBONES[backbone]
-    if slimmable and width is None:
-        return None
-    parts = resolution.split("+")
-    if not parts or any(part not in ("high", "low") for part in parts):
-        return None
-    from msadkit.analysis.flops import HIGH_RES, LOW_RES, backbone_gmacs
-
-    sizes = {"high": HIGH_RES, "low": LOW_RES}
-    try:
-        total = sum(backbone_gmacs(width if slimmable else None, depth, *sizes[part]) for part in parts)
-    except MsadkitError:  # a width the slimmable network does not offer
-        return None
-    return total / backbone_gmacs(1.0, 50, *HIGH_RES)
-
-

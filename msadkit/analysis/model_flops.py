@@ -9,8 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msadkit.analysis.flops import count_gmacs, msad_capacity
-from msadkit.modeling.dense_detector import DenseDetector, downsample_nearest
+from msadkit.modeling.backbones.capacity import count_gmacs, msad_capacity
+from msadkit.modeling.detectors.dense_detector import DenseDetector, downsample_nearest
 
 __all__ = ["config_flops", "dense_detector_flops_forward"]
 
@@ -62,7 +62,7 @@ def config_flops(config: dict[str, Any], *, height: int | None = None, width: in
         capacity (MSAD's definition: bottom-up FLOPs relative to the width-1.0 slimmable R-50 at
         800x1333, high + low input for a teacher) is None for non-slimmable backbones.
     """
-    from msadkit.modeling.build import build_model
+    from msadkit.modeling.registry import build_model
 
     config = copy.deepcopy(config)
     config["model"]["backbone"]["weights"] = None
@@ -73,7 +73,7 @@ def config_flops(config: dict[str, Any], *, height: int | None = None, width: in
     w = width or data["test_max_size"]
     h, w = (math.ceil(v / divisor) * divisor for v in (h, w))
     with torch.device("meta"):
-        model = build_model(config, for_inference=True)
+        model = build_model(config)
         images = torch.zeros(1, 3, h, w)
     model.eval()
     total = count_gmacs(_Forward(model), images)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from msadkit.utils.run_folder import AP_METRICS
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -28,7 +30,7 @@ __all__ = [
     "plot_ap_vs_capacity",
 ]
 
-AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_KEYS = AP_METRICS  # re-exported for the notebooks
 _FEATURE_CMAP = "viridis"
 _ERROR_CMAP = "magma"
 _GT_COLOUR = "#2ca02c"

@@ -1,4 +1,4 @@
-"""Models and images of finished run folders, for the analysis notebooks."""
+"""Images and branch evaluations of finished run folders, for the analysis notebooks."""
 
 from __future__ import annotations
 
@@ -10,29 +10,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from msadkit.data import DetectionCollator
+from msadkit.engine.datasets import build_dataset
+from msadkit.engine.run_evaluation import evaluate_run
 from msadkit.errors import ConfigError
+from msadkit.utils.run_folder import read_run_config
 
-__all__ = ["load_run_model", "load_image_batch", "display_images", "evaluate_msad_branches"]
-
-
-def load_run_model(
-    run_dir: str | os.PathLike, *, device: str | torch.device = "cpu"
-) -> tuple[nn.Module, dict[str, Any]]:
-    """The deployable model of a finished run (its ``model_final.pth``), loaded strictly.
-
-    A distillation run gives its student; a teacher run its teacher.
-
-    Returns:
-        ``(model, config)`` with the model in eval mode on ``device``.
-
-    Raises:
-        CheckpointError: the folder lacks ``config.yaml`` or ``model_final.pth``, or the weights do
-            not fit (the keys are listed).
-    """
-    from msadkit.modeling.distillation.build import load_teacher
-
-    model, config = load_teacher(Path(run_dir))
-    return model.to(device).eval(), config
+__all__ = ["load_image_batch", "display_images", "evaluate_msad_branches"]
 
 
 def load_image_batch(
@@ -56,9 +40,6 @@ def load_image_batch(
     Raises:
         ConfigError: an index is outside the split.
     """
-    from msadkit.data import DetectionCollator
-    from msadkit.engine.datasets import build_dataset
-
     dataset = build_dataset(config, split, train=False)
     bad = [i for i in indices if not 0 <= int(i) < len(dataset)]
     if bad or not indices:
@@ -90,9 +71,6 @@ def evaluate_msad_branches(
     Raises:
         ConfigError: the run is not an MSAD teacher.
     """
-    from msadkit.engine.run_folder import read_run_config
-    from msadkit.engine.trainer import evaluate_run
-
     config = read_run_config(run_dir)
     if config["model"]["arch"] != "msad_teacher":
         raise ConfigError(f"{run_dir} is a {config['model']['arch']} run; branch evaluation needs an msad_teacher run")

@@ -70,7 +70,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msadkit.notebooks import run_notebook
+    from msadkit.notebook.runner import run_notebook
 
     start = time.perf_counter()
     plan = demo_plan(args.out, teacher_iterations=args.teacher_iterations, student_iterations=args.student_iterations)

@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from msadkit.engine.evaluation import format_ap_table
-    from msadkit.engine.trainer import evaluate_run
+    from msadkit.engine.run_evaluation import evaluate_run
 
     overrides = {"model": {"msad": {"eval_branch": args.branch}}} if args.branch else None
     # A branch or another checkpoint gets its own file; eval.json stays the run's own result.

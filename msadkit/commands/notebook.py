@@ -114,7 +114,7 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msadkit.notebooks import (
+    from msadkit.notebook.runner import (
         SweepError,
         list_notebooks,
         notebook_parameters,

@@ -35,30 +35,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _load_teacher(args: argparse.Namespace):
     """``(model, config)`` from ``--teacher`` or ``--config`` + ``--weights``."""
     from msadkit.config import load_config
-    from msadkit.utils.checkpoint import load_state_dict_strict
-    from msadkit.engine.trainer import load_model_weights
     from msadkit.errors import ConfigError
-    from msadkit.modeling.build import build_model
-    from msadkit.modeling.distillation.build import read_teacher_checkpoint
+    from msadkit.modeling.loading import load_model_weights, load_run_model
+    from msadkit.modeling.registry import build_model
 
     if args.teacher:
         if args.config or args.weights or args.overrides:
             raise ConfigError(
                 "--teacher takes the config and weights from the run; drop --config, --weights and overrides"
             )
-        config, state, source = read_teacher_checkpoint(args.teacher)
-        # Every weight comes from the checkpoint; the ImageNet file the teacher started from is not needed.
-        config["model"]["backbone"]["weights"] = None
-        model = build_model(config, for_inference=True)
-        load_state_dict_strict(model, state, source)
-        return model, config
+        return load_run_model(args.teacher, argument="--teacher")
     if not (args.config and args.weights):
         raise ConfigError("give the teacher as --teacher RUN_DIR, or as --config CONFIG with --weights CHECKPOINT")
     config = load_config(args.config, args.overrides)
+    # Every weight comes from the checkpoint; the ImageNet file the run started from is not needed.
     config["model"]["backbone"]["weights"] = None
-    model = build_model(config, for_inference=True)
+    model = build_model(config)
     load_model_weights(model, args.weights)
-    return model, config
+    return model.eval(), config
 
 
 def run(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import yaml
 from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
 from msadkit.errors import ConfigError
 
-__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config"]
+__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config", "complete_config"]
 
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BASE_KEY = "_base_"
@@ -66,8 +66,15 @@ def _merge(base: dict, update: dict, defaults: dict | None, source: str, prefix:
     """Merge ``update`` into ``base`` in place, rejecting keys and types the defaults don't know."""
     for key, value in update.items():
         dotted = f"{prefix}{key}"
-        if dotted in FREE_FORM_KEYS or defaults is None:
+        if dotted in FREE_FORM_KEYS:
             base[key] = copy.deepcopy(value)
+            continue
+        if defaults is None:
+            # Unchecked merge: nested mappings still merge key by key.
+            if isinstance(value, dict) and isinstance(base.get(key), dict):
+                _merge(base[key], value, None, source, dotted + ".")
+            else:
+                base[key] = copy.deepcopy(value)
             continue
         if key not in defaults:
             known = ", ".join(sorted(defaults))
@@ -150,6 +157,14 @@ def merge_into_config(config: dict[str, Any], update: dict[str, Any], source: st
     """
     _merge(config, update, DEFAULTS, source)
     return config
+
+
+def complete_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a run's saved ``config`` on top of today's defaults, so a run written before a
+    key existed still builds (no key or type checks: the run was checked when it started)."""
+    completed = default_config()
+    _merge(completed, config, None, "saved config")
+    return completed
 
 
 def dump_config(config: dict[str, Any]) -> str:

@@ -3,16 +3,31 @@ Semi-supervised Adaptive Distillation" (arXiv 1901.00366), for sigmoid classifie
 
 The loss follows the released implementation rather than the paper's equation: the adaptive weight
 is built from ``CE(q, p) - beta * H(q)`` and multiplies an alpha-balanced cross-entropy; the sum is
-divided by the sum of the teacher probabilities raised to ``power``.
+divided by the sum of the teacher probabilities raised to ``power`` (docs/methods.md §2.2).
+
+As a ``distill.losses`` term (``type: adl``, docs/methods.md §2.3) the student's classification
+logits at every location/anchor of every level imitate the teacher's; box regression keeps learning
+from the (pseudo-)ground truth alone. Locations the student's own assignment ignores (RetinaNet's
+best IoU in ``[0.4, 0.5)``) are left out, which is why pseudo-labels matter on unlabeled images.
+``reduction: batch`` (default) divides the batch's sum by the batch's sum of ``q^power``, as the
+original code does on each GPU; ``reduction: image`` averages per-image losses.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-__all__ = ["adaptive_distillation_loss"]
+from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.layout import check_same_layout, check_same_prediction_shape
+from msadkit.distill.options import resolve_options
+from msadkit.errors import ConfigError
+from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
+
+__all__ = ["adaptive_distillation_loss", "AdaptiveDistillationTerm", "REDUCTIONS", "build_adl_term", "OPTIONS"]
 
 
 def _check_arguments(
@@ -153,3 +168,100 @@ def adaptive_distillation_loss(
         total = (weight * balanced_ce).sum()
         normalizer = q.pow(power).sum().clamp_min(1.0)
         return total / normalizer
+
+
+REDUCTIONS = ("batch", "image")
+# Options of a ``type: adl`` entry and their defaults (the released configs' values, docs/methods.md §2.5).
+OPTIONS: dict[str, Any] = {"alpha": 0.5, "beta": 0.0, "gamma": 2.0, "power": 1.8, "reduction": "batch"}
+
+
+class AdaptiveDistillationTerm(DistillationLoss):
+    """Adaptive distillation loss between student and teacher classification logits.
+
+    Args:
+        name: prefix of the returned key (``"<name>_cls"``, by default ``"loss_adl_cls"``).
+        weight: factor applied by the distiller.
+        alpha: weight of the positive term of the balanced cross-entropy.
+        beta: entropy coefficient in the code's convention (``beta_paper = 1 - beta``).
+        gamma: focusing exponent of the adaptive weight.
+        power: exponent of the teacher probabilities in the normaliser.
+        reduction: ``"batch"`` (one normaliser for the batch) or ``"image"`` (mean of per-image
+            losses).
+    """
+
+    needs_teacher_predictions = True
+
+    def __init__(
+        self,
+        *,
+        name: str = "loss_adl",
+        weight: float = 1.0,
+        alpha: float = 0.5,
+        beta: float = 0.0,
+        gamma: float = 2.0,
+        power: float = 1.8,
+        reduction: str = "batch",
+    ) -> None:
+        super().__init__(name=name, weight=weight)
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"AdaptiveDistillationTerm: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+        self.alpha, self.beta, self.gamma, self.power = float(alpha), float(beta), float(gamma), float(power)
+        self.reduction = reduction
+        # A one-element call runs the loss's own argument checks now rather than at the first step.
+        self._loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, dtype=torch.bool))
+
+    def _loss(self, student_logits: Tensor, teacher_logits: Tensor, valid: Tensor) -> Tensor:
+        return adaptive_distillation_loss(
+            student_logits,
+            teacher_logits,
+            alpha=self.alpha,
+            beta=self.beta,
+            gamma=self.gamma,
+            power=self.power,
+            valid=valid,
+        )
+
+    def forward(
+        self,
+        student: StudentOutputs,
+        teacher: TeacherOutputs,
+        targets: list[dict[str, Tensor]],
+        iteration: int,
+    ) -> dict[str, Tensor]:
+        """``{"cls": loss}`` (unweighted) for one batch.
+
+        Student logits ``(N, R, K)`` and teacher logits ``(N, R, K)`` come from each model's
+        ``flatten_predictions``; ``targets`` only serve the RetinaNet ignore mask.
+        """
+        if teacher.predictions is None or teacher.model is None:
+            raise ConfigError(f"distillation term {self.name!r} needs the teacher's predictions and detector")
+        student_logits = student.model.flatten_predictions(student.predictions)[0]
+        teacher_logits = teacher.model.flatten_predictions(teacher.predictions)[0]
+        check_same_prediction_shape(student_logits, teacher_logits, term=self.name)
+        valid = student.model.classification_valid_mask(student.predictions, targets)
+        num_classes = student_logits.shape[-1]
+        if self.reduction == "batch":
+            loss = self._loss(
+                student_logits.reshape(-1, num_classes), teacher_logits.reshape(-1, num_classes), valid.reshape(-1)
+            )
+        else:
+            per_image = [self._loss(s, t, v) for s, t, v in zip(student_logits, teacher_logits, valid)]
+            loss = torch.stack(per_image).mean()
+        return {"cls": loss}
+
+
+def build_adl_term(
+    options: dict[str, Any], *, student: nn.Module, teacher: nn.Module
+) -> AdaptiveDistillationTerm:
+    """The ``adl`` term of ``distill.losses``.
+
+    Options (defaults of the released configs): ``alpha`` 0.5, ``beta`` 0.0, ``gamma`` 2.0,
+    ``power`` 1.8, ``reduction`` batch, ``weight`` 1.0, ``name`` loss_adl. Teacher and student must be
+    the same detector type with the same strides/anchors/classes, otherwise :class:`ConfigError`.
+    """
+    resolved = resolve_options(options, OPTIONS, term="adl")
+    check_same_layout(student, teacher, term="adl")
+    try:
+        return AdaptiveDistillationTerm(**resolved)
+    except ValueError as exc:
+        raise ConfigError(f"distill.losses entry of type 'adl': {exc}") from None

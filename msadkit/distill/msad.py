@@ -13,12 +13,19 @@ a single constant.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["kd_ramp", "msad_feature_loss", "make_feature_adapters", "LOSS_TYPES"]
+from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.layout import feature_channels
+from msadkit.distill.options import resolve_options
+from msadkit.errors import ConfigError
+from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
+
+__all__ = ["kd_ramp", "msad_feature_loss", "LOSS_TYPES", "MSADFeatureLoss", "build_msad_feature", "OPTIONS"]
 
 LOSS_TYPES = ("l1", "mse")
 
@@ -44,29 +51,6 @@ def kd_ramp(iteration: int, ramp_iters: int = 500) -> float:
     if ramp_iters == 0:
         return 1.0
     return min(1.0, iteration / ramp_iters)
-
-
-def make_feature_adapters(
-    student_channels: int, teacher_channels: int, *, num_levels: int = 5
-) -> nn.ModuleList:
-    """One 1x1 conv per level mapping the student FPN width to the teacher's.
-
-    Only needed when the two widths differ. The adapters are trained with the student and are not
-    part of the deployed student.
-
-    Returns:
-        ``nn.ModuleList`` of ``num_levels`` ``Conv2d(student_channels, teacher_channels, 1)``.
-    """
-    if student_channels < 1 or teacher_channels < 1:
-        raise ValueError(
-            f"channel counts must be >= 1, got student_channels={student_channels}, "
-            f"teacher_channels={teacher_channels}"
-        )
-    if num_levels < 1:
-        raise ValueError(f"num_levels must be >= 1, got {num_levels}")
-    return nn.ModuleList(
-        nn.Conv2d(student_channels, teacher_channels, kernel_size=1) for _ in range(num_levels)
-    )
 
 
 def msad_feature_loss(
@@ -154,3 +138,137 @@ def _check_level(level: int, student: Tensor, teacher: Tensor, *, adapted: bool)
             f"level {level}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} "
             "differ in shape; the student's low-res P_l must match the teacher's fused F_(l+1)"
         )
+
+
+# Options of a ``type: msad_feature`` entry and their defaults (the original code's values).
+OPTIONS: dict[str, Any] = {"loss_type": "l1", "alpha": 0.2, "temperature": 3.0, "ramp_iters": 500}
+
+
+class MSADFeatureLoss(DistillationLoss):
+    """``kd_ramp(iteration) * sum_l alpha * T^2 * mean d(P^S_l / T, F_(l+1) / T)``.
+
+    With the defaults (L1, ``alpha=0.2``, ``T=3``) this is ``0.6 * sum_l mean|P^S_l - F_(l+1)|``
+    ramped linearly from 0 at iteration 0 to full strength at ``ramp_iters``.
+
+    Args:
+        weight: factor the distiller applies to the loss.
+        loss_type: ``"l1"`` or ``"mse"``.
+        alpha: loss scale.
+        temperature: divides both features (for L1 it only rescales, see ``msad_feature_loss``).
+        ramp_iters: steps of the linear warm-up; 0 disables it.
+        student_channels / teacher_channels: FPN widths; 1x1 conv adapters (trained with the
+            student, not deployed) map the student's to the teacher's when they differ.
+        num_levels: number of distilled levels.
+        name: key of the loss in the loss dict.
+    """
+
+    def __init__(
+        self,
+        *,
+        weight: float = 1.0,
+        loss_type: str = "l1",
+        alpha: float = 0.2,
+        temperature: float = 3.0,
+        ramp_iters: int = 500,
+        student_channels: int,
+        teacher_channels: int,
+        num_levels: int = 5,
+        name: str = "loss_msad_feature",
+    ) -> None:
+        super().__init__(name=name, weight=weight)
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if ramp_iters < 0:
+            raise ValueError(f"ramp_iters must be >= 0, got {ramp_iters}")
+        self.loss_type = loss_type
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.ramp_iters = int(ramp_iters)
+        self.num_levels = int(num_levels)
+        self.adapters: nn.ModuleList | None = None
+        if student_channels != teacher_channels:
+            self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+
+    def forward(
+        self,
+        student: StudentOutputs,
+        teacher: TeacherOutputs,
+        targets: list[dict[str, Tensor]],
+        iteration: int,
+    ) -> dict[str, Tensor]:
+        """``{"": scalar}``: the ramped feature loss (the distiller applies ``weight``).
+
+        Args:
+            student: its ``levels`` are ``L`` maps ``(N, Cs, Hi, Wi)``.
+            teacher: its ``levels`` are ``L`` maps ``(N, Ct, Hi, Wi)`` of the same sizes.
+            targets: unused.
+            iteration: the trainer's global step.
+        """
+        del targets
+        loss = msad_feature_loss(
+            student.levels,
+            teacher.levels,
+            loss_type=self.loss_type,
+            alpha=self.alpha,
+            temperature=self.temperature,
+            ramp=kd_ramp(iteration, self.ramp_iters),
+            adapters=list(self.adapters) if self.adapters is not None else None,
+        )
+        return {"": loss}
+
+    def extra_repr(self) -> str:
+        return (
+            f"loss_type={self.loss_type!r}, alpha={self.alpha}, temperature={self.temperature}, "
+            f"ramp_iters={self.ramp_iters}, weight={self.weight}"
+        )
+
+
+def build_msad_feature(
+    options: dict[str, Any], *, student: nn.Module, teacher: nn.Module
+) -> MSADFeatureLoss:
+    """``type: msad_feature`` with options ``weight``, ``loss_type``, ``alpha``, ``temperature``, ``ramp_iters``.
+
+    Raises:
+        ConfigError: an unknown option or value, or a student whose levels cannot line up with the
+            teacher's (an MSAD teacher needs a ``model.resolution: low`` student; a plain teacher a
+            student at its own resolution and levels).
+    """
+    values = resolve_options(options, OPTIONS, term="msad_feature", name="loss_msad_feature")
+    where = "distill.losses type msad_feature"
+    if values["loss_type"] not in LOSS_TYPES:
+        raise ConfigError(f"{where}: loss_type must be one of {LOSS_TYPES}, got {values['loss_type']!r}")
+    if not isinstance(values["ramp_iters"], int) or values["ramp_iters"] < 0:
+        raise ConfigError(f"{where}: ramp_iters must be an integer >= 0, got {values['ramp_iters']!r}")
+    if not values["temperature"] > 0:
+        raise ConfigError(f"{where}: temperature must be > 0, got {values['temperature']!r}")
+
+    student_levels = tuple(student.in_features)
+    teacher_low = getattr(teacher, "low_features", None)
+    if teacher_low is not None:
+        # An MSAD teacher: its fused F3..F7 have the sizes of the low-resolution p2..p6.
+        if student.input_downsample != 2 or student_levels != tuple(teacher_low):
+            raise ConfigError(
+                f"{where}: an MSAD teacher's fused levels align with a "
+                f"low-resolution student on {tuple(teacher_low)}; set model.resolution=low "
+                f"(the student uses {student_levels} at input_downsample={student.input_downsample})"
+            )
+    elif (student.input_downsample, student_levels) != (teacher.input_downsample, tuple(teacher.in_features)):
+        raise ConfigError(
+            f"{where}: student and teacher levels do not line up (student "
+            f"{student_levels} at input_downsample={student.input_downsample}, teacher "
+            f"{tuple(teacher.in_features)} at input_downsample={teacher.input_downsample}); "
+            "use the same model.resolution"
+        )
+    return MSADFeatureLoss(
+        name=values["name"],
+        weight=float(values["weight"]),
+        loss_type=values["loss_type"],
+        alpha=float(values["alpha"]),
+        temperature=float(values["temperature"]),
+        ramp_iters=values["ramp_iters"],
+        student_channels=feature_channels(student, term="msad_feature", role="student"),
+        teacher_channels=feature_channels(teacher, term="msad_feature", role="teacher"),
+        num_levels=len(student_levels),
+    )

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from msadkit.errors import DatasetError, InputError, MsadkitError
+from msadkit.utils.run_folder import AP_METRICS
 
 __all__ = [
     "AP_KEYS",
@@ -38,7 +39,7 @@ __all__ = [
     "format_ap_table",
 ]
 
-AP_KEYS: tuple[str, ...] = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+AP_KEYS: tuple[str, ...] = AP_METRICS
 
 _BACKENDS = ("pycocotools", "faster_coco_eval")
 _IOU_TYPES = ("bbox", "segm")

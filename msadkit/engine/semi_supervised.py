@@ -24,7 +24,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Sampler
 from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms
 from msadkit.engine.datasets import build_loader, resolve_data_paths
 from msadkit.engine.inference import predict_coco_results
-from msadkit.engine.run_folder import write_text_atomic
+from msadkit.utils.run_folder import write_text_atomic
 from msadkit.errors import ConfigError, DatasetError
 
 __all__ = [

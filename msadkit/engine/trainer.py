@@ -14,31 +14,26 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
-from msadkit.config.loader import merge_into_config
+from msadkit.distill.build import build_distiller
 from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
 from msadkit.engine.buffer_sync import BroadcastBuffersAtEnd
-from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
-from msadkit.engine.datasets import build_dataset, build_loader
-from msadkit.engine.evaluation import coco_evaluate, format_ap_table
-from msadkit.engine.inference import predict_coco_results
+from msadkit.engine.datasets import build_dataset
 from msadkit.engine.metrics_logger import MetricsJsonlLogger
-from msadkit.engine.run_folder import (
-    CHECKPOINT_DIR,
-    EVAL_NAME,
-    FINAL_WEIGHTS_NAME,
-    METRICS_NAME,
-    SUMMARY_NAME,
-    last_checkpoint,
-    read_run_config,
-    write_json_atomic,
-    write_run_config,
-)
+from msadkit.engine.run_evaluation import evaluate_model
 from msadkit.engine.semi_supervised import build_train_loader
 from msadkit.engine.task import DetectionTask
-from msadkit.errors import CheckpointError, ConfigError
-from msadkit.modeling.build import build_model
+from msadkit.errors import ConfigError
+from msadkit.modeling.registry import build_model
+from msadkit.utils.checkpoint import save_atomic
+from msadkit.utils.run_folder import (
+    CHECKPOINT_DIR,
+    FINAL_WEIGHTS_NAME,
+    METRICS_NAME,
+    last_checkpoint,
+    write_run_config,
+)
 
-__all__ = ["train", "evaluate_model", "evaluate_run", "load_model_weights", "run_summary", "export_weights"]
+__all__ = ["train", "build_training_model", "export_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +60,15 @@ def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
             f"output_dir {run_dir} already holds a run; pass --resume to continue it or choose another output_dir"
         )
     return None
+
+
+def build_training_model(config: dict[str, Any]) -> nn.Module:
+    """The model a run trains: the detector of ``model.arch``, wrapped in a :class:`Distiller` with
+    its frozen teacher and loss terms when ``distill.teacher`` is set."""
+    model = build_model(config)
+    if config["distill"]["teacher"]:
+        return build_distiller(config, student=model)
+    return model
 
 
 def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -139,7 +143,7 @@ def train(
     # Plain, or alternating with teacher pseudo-labels when data.pseudo_labels_json is set (SAD).
     train_loader = build_train_loader(config, train_set)
     val_set = build_dataset(config, "val") if evaluate else None
-    model = build_model(config)
+    model = build_training_model(config)
     if config["trainer"]["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     task = DetectionTask(model, config)
@@ -153,101 +157,3 @@ def train(
             device = next(model.parameters()).device
             evaluate_model(model, config, run_dir, dataset=val_set, device=device)
     return run_dir
-
-
-def load_model_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Strictly load ``model_final.pth`` (``{"model": ...}``) or a Lightning ``.ckpt`` into ``model``."""
-    data = load_checkpoint_file(path)
-    if "model" in data:
-        state = data["model"]
-    elif "state_dict" in data:
-        # Lightning checkpoints prefix the task's attribute name.
-        state = {k[len("model."):]: v for k, v in data["state_dict"].items() if k.startswith("model.")}
-    else:
-        raise CheckpointError(f"checkpoint {path} has neither a 'model' nor a 'state_dict' entry")
-    load_state_dict_strict(model, state, str(path))
-
-
-def run_summary(config: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
-    """The row of the AP table that describes this run."""
-    model_cfg = config["model"]
-    backbone = model_cfg["backbone"]
-    width = backbone["width"] if backbone["name"] == "slimmable_resnet50" else 1.0
-    resolution = "high+low" if model_cfg["arch"] == "msad_teacher" else model_cfg["resolution"]
-    capacity = None
-    if backbone["name"] == "slimmable_resnet50":
-        from msadkit.analysis.flops import msad_capacity
-
-        role = {"high+low": "teacher", "low": "low"}.get(resolution, "high")
-        capacity = round(msad_capacity(width, role), 3)
-    return {
-        "method": config["method"],
-        "backbone": backbone["name"],
-        "width": width,
-        "role": config["role"],
-        "resolution": resolution,
-        "schedule": config["schedule"] or f"{config['solver']['max_iter']}it",
-        "capacity": capacity,
-        "eval": metrics,
-    }
-
-
-def evaluate_model(
-    model: nn.Module,
-    config: dict[str, Any],
-    run_dir: str | os.PathLike | None = None,
-    *,
-    dataset: torch.utils.data.Dataset | None = None,
-    device: torch.device | str = "cpu",
-    name: str = EVAL_NAME,
-) -> dict[str, float]:
-    """COCO AP of ``model`` on the validation split; written to ``run_dir/eval.json`` if given."""
-    dataset = dataset if dataset is not None else build_dataset(config, "val")
-    loader = build_loader(config, dataset, train=False)
-    results = predict_coco_results(
-        model,
-        loader,
-        dataset.category_ids,
-        device=device,
-        precision=config["trainer"]["precision"],
-        channels_last=config["trainer"]["channels_last"],
-    )
-    metrics = coco_evaluate(dataset.coco_json_path, results)
-    logger.info("evaluation\n%s", format_ap_table(metrics))
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        write_json_atomic(run_dir / name, metrics)
-        if name == EVAL_NAME:
-            write_json_atomic(run_dir / SUMMARY_NAME, run_summary(config, metrics))
-    return metrics
-
-
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    *,
-    weights: str | os.PathLike | None = None,
-    overrides: dict[str, Any] | None = None,
-    device: str = "cpu",
-    write: bool = True,
-    name: str = EVAL_NAME,
-) -> dict[str, float]:
-    """Evaluate a run folder's final weights (or ``weights``) on its validation split.
-
-    Args:
-        run_dir: folder written by :func:`train`.
-        weights: another checkpoint to evaluate instead of ``model_final.pth``.
-        overrides: nested config values to change for the evaluation (checked like config keys),
-            e.g. ``{"model": {"msad": {"eval_branch": "high"}}}``.
-        device: where to run.
-        write: write ``run_dir/<name>`` (and ``summary.json`` when ``name`` is ``eval.json``).
-        name: file name of the metrics, so another branch or checkpoint does not replace eval.json.
-    """
-    run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
-    merge_into_config(config, overrides or {}, "evaluate overrides")
-    weights = Path(weights) if weights else run_dir / FINAL_WEIGHTS_NAME
-    dataset = build_dataset(config, "val")
-    model = build_model(config, for_inference=True)
-    load_model_weights(model, weights)
-    model.to(device)
-    return evaluate_model(model, config, run_dir if write else None, dataset=dataset, device=device, name=name)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from msadkit.analysis.flops import backbone_gmacs, count_flops, count_gmacs, msad_capacity
+from msadkit.modeling.backbones.capacity import backbone_gmacs, count_flops, count_gmacs, msad_capacity
 from msadkit.errors import ConfigError
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)

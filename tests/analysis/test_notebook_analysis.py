@@ -21,10 +21,11 @@ from msadkit.analysis.feature_maps import (
     level_alignment_errors,
     level_names,
 )
-from msadkit.analysis.general_instances import GI_DEFAULTS, gi_options
+from msadkit.distill.gid.instances import gi_options
+from msadkit.distill.gid.selection import SELECTION_OPTIONS as GI_DEFAULTS
 from msadkit.analysis.run_collection import find_run_folders, read_eval, sort_rows, write_ap_tables
 from msadkit.errors import MsadkitError
-from msadkit.notebook_results import NotebookResults, read_results, to_jsonable
+from msadkit.notebook.results import NotebookResults, read_results, to_jsonable
 
 
 def test_channel_mean_and_alignment_error_by_hand():

@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from msadkit.errors import ConfigError, InputError
-from msadkit.modeling.anchors import AnchorGenerator, retinanet_anchor_sizes
-from msadkit.modeling.distillation.distiller import Distiller
-from msadkit.modeling.distillation.outputs import StudentOutputs, TeacherOutputs
-from msadkit.modeling.distillation.terms import TERMS, build_term
-from msadkit.modeling.distillation.terms.adl import AdaptiveDistillationTerm
-from msadkit.modeling.fcos import FCOS
-from msadkit.modeling.fcos_head import FCOSHead
-from msadkit.modeling.retinanet import RetinaNet
-from msadkit.modeling.retinanet_head import RetinaNetHead
+from msadkit.modeling.detectors.anchors import AnchorGenerator, retinanet_anchor_sizes
+from msadkit.distill.distiller import Distiller
+from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
+from msadkit.distill.registry import TERMS, build_term
+from msadkit.distill.adl import AdaptiveDistillationTerm
+from msadkit.modeling.detectors.fcos import FCOS
+from msadkit.modeling.heads.fcos_head import FCOSHead
+from msadkit.modeling.detectors.retinanet import RetinaNet
+from msadkit.modeling.heads.retinanet_head import RetinaNetHead
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 
@@ -148,7 +148,7 @@ def test_distiller_trains_student_only_and_adl_decreases():
     teacher = tiny_retinanet(16, seed=1)
     # A confident teacher (q about 0.7 everywhere) that the student, at the prior 0.01, must catch up with.
     nn.init.constant_(teacher.head.cls_score.bias, 1.0)
-    term = build_term({"type": "adl", "weight": 2.0}, student=student, teacher=teacher, config={})
+    term = build_term({"type": "adl", "weight": 2.0}, student=student, teacher=teacher)
     distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
     images = torch.randn(2, 3, 64, 64)
     targets = [
@@ -187,7 +187,7 @@ def test_grid_mismatch_at_run_time_is_an_input_error():
     teacher = tiny_retinanet(8, seed=1)
     student = tiny_retinanet(8, seed=0)
     student.input_downsample = 2  # p3..p7 of the 0.5x image then hold half the cells: a grid mismatch
-    term = build_term({"type": "adl"}, student=student, teacher=teacher, config={})
+    term = build_term({"type": "adl"}, student=student, teacher=teacher)
     distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
     targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}]
     with pytest.raises(InputError, match="same feature grids"):
@@ -204,7 +204,7 @@ def test_grid_mismatch_at_run_time_is_an_input_error():
 )
 def test_mismatched_teacher_is_a_config_error(teacher, message):
     with pytest.raises(ConfigError, match=message):
-        build_term({"type": "adl"}, student=tiny_retinanet(8), teacher=teacher(), config={})
+        build_term({"type": "adl"}, student=tiny_retinanet(8), teacher=teacher())
 
 
 def test_strides_mismatch_is_a_config_error():
@@ -212,7 +212,7 @@ def test_strides_mismatch_is_a_config_error():
     teacher = tiny_fcos(8)
     teacher.strides = (8, 16, 32, 64, 256)
     with pytest.raises(ConfigError, match="strides"):
-        build_term({"type": "adl"}, student=student, teacher=teacher, config={})
+        build_term({"type": "adl"}, student=student, teacher=teacher)
 
 
 @pytest.mark.parametrize(
@@ -226,14 +226,14 @@ def test_strides_mismatch_is_a_config_error():
 )
 def test_bad_options_are_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
-        build_term({"type": "adl", **options}, student=tiny_fcos(8), teacher=tiny_fcos(16), config={})
+        build_term({"type": "adl", **options}, student=tiny_fcos(8), teacher=tiny_fcos(16))
 
 
 def save_random_teacher(path, name: str, overrides: list[str]):
     """A teacher checkpoint (``{"model", "config"}``) of a freshly built model: enough to run the distiller."""
     from msadkit.config import load_config
     from msadkit.utils.checkpoint import save_atomic
-    from msadkit.modeling.build import build_model
+    from msadkit.modeling.registry import build_model
 
     config = load_config(name, overrides)
     return save_atomic({"model": build_model(config).state_dict(), "config": config}, path)
@@ -251,7 +251,7 @@ def test_adl_distillation_run_through_train(tmp_path, tiny_overrides, student_co
     from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
     from msadkit.engine.metrics_logger import read_metrics
     from msadkit.engine.trainer import train
-    from msadkit.modeling.build import build_model
+    from msadkit.modeling.registry import build_model
 
     # The teacher is wider (width 0.5, 48 FPN channels) than the student (width 0.25, 32 channels).
     teacher = save_random_teacher(
@@ -267,6 +267,6 @@ def test_adl_distillation_run_through_train(tmp_path, tiny_overrides, student_co
     assert all(r["loss_adl_cls"] > 0 for r in records)
     assert (run / "eval.json").is_file()
     # The final weights are the student's alone: they load strictly into a plain detector.
-    student = build_model(config, for_inference=True)
+    student = build_model(config)
     assert type(student) is detector
     load_state_dict_strict(student, load_checkpoint_file(run / "model_final.pth")["model"], "model_final.pth")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from msadkit.distill.gid_losses import (
+from msadkit.distill.gid.losses import (
     GIDWeights,
     assign_fpn_levels,
     flatten_instances,
@@ -12,7 +12,7 @@ from msadkit.distill.gid_losses import (
     gid_relation_loss,
     gid_response_loss,
 )
-from msadkit.distill.gid_selection import GeneralInstances, gi_scores, select_general_instances
+from msadkit.distill.gid.selection import GeneralInstances, gi_scores, select_general_instances
 
 # --------------------------------------------------------------------------------------------------
 # Selection

@@ -8,21 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from msadkit.distill.gid_losses import GIDWeights
+from msadkit.distill.gid.losses import GIDWeights
 from msadkit.errors import ConfigError
-from msadkit.modeling.anchors import AnchorGenerator, retinanet_anchor_sizes
-from msadkit.modeling.distillation.distiller import Distiller
-from msadkit.modeling.distillation.outputs import StudentOutputs
-from msadkit.modeling.distillation.terms import TERMS, build_term
-from msadkit.modeling.distillation.terms.gid import (
-    GeneralInstanceDistillationTerm,
-    decode_dense_outputs,
-    response_mask,
-)
-from msadkit.modeling.fcos import FCOS
-from msadkit.modeling.fcos_head import FCOSHead
-from msadkit.modeling.retinanet import RetinaNet
-from msadkit.modeling.retinanet_head import RetinaNetHead
+from msadkit.modeling.detectors.anchors import AnchorGenerator, retinanet_anchor_sizes
+from msadkit.distill.distiller import Distiller
+from msadkit.modeling.outputs import StudentOutputs
+from msadkit.distill.registry import TERMS, build_term
+from msadkit.distill.gid.term import GeneralInstanceDistillationTerm
+from msadkit.modeling.detectors.fcos import FCOS
+from msadkit.modeling.heads.fcos_head import FCOSHead
+from msadkit.modeling.detectors.retinanet import RetinaNet
+from msadkit.modeling.heads.retinanet_head import RetinaNetHead
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 KEYS = {"loss_gid_feature", "loss_gid_relation", "loss_gid_response_cls", "loss_gid_response_reg"}
@@ -90,13 +86,13 @@ def test_fcos_boxes_are_locations_minus_plus_ltrb_times_stride():
     cls = torch.tensor([[0.0, 1.0], [-1.0, 2.0]]).reshape(1, 2, 1, 2)
     ctr = torch.tensor([0.0, 2.0]).reshape(1, 1, 1, 2)
     predictions = {"cls_logits": [cls], "bbox_reg": [reg], "centerness": [ctr]}
-    out = decode_dense_outputs(model, predictions)
+    out = model.decode_dense(predictions)
     # Location (4, 4), ltrb (1, 2, 0.5, 1) * 8 -> (4 - 8, 4 - 16, 4 + 4, 4 + 8).
     # Location (12, 4), ltrb (0.5, 0.25, 1, 2) * 8 -> (12 - 4, 4 - 2, 12 + 8, 4 + 16).
     assert out.boxes[0].tolist() == [[-4.0, -12.0, 8.0, 12.0], [8.0, 2.0, 20.0, 20.0]]
     sig = torch.sigmoid
     assert torch.allclose(out.scores[0], sig(torch.tensor([[0.0, -1.0], [1.0, 2.0]])))
-    with_ctr = decode_dense_outputs(model, predictions, fcos_centerness=True)
+    with_ctr = model.decode_dense(predictions, with_quality=True)
     expected = sig(torch.tensor([[0.0, -1.0], [1.0, 2.0]])) * sig(torch.tensor([[0.0], [2.0]]))
     assert torch.allclose(with_ctr.scores[0], expected)
     assert out.box_reg.shape == (1, 2, 4) and out.cls_logits.shape == (1, 2, 2)
@@ -108,7 +104,7 @@ def test_retinanet_boxes_come_from_the_box_coder_on_the_anchors():
     deltas[0, 0, 0, 1] = 0.5  # dx of the anchor at (4, 0): shift right by half its width (5 px)
     deltas[0, 2, 0, 1] = float(torch.log(torch.tensor(2.0)))  # and double its width
     predictions = {"cls_logits": [torch.zeros(1, 2, 1, 2)], "bbox_deltas": [deltas]}
-    boxes = decode_dense_outputs(model, predictions).boxes[0]
+    boxes = model.decode_dense(predictions).boxes[0]
     assert torch.allclose(boxes[0], torch.tensor([-5.0, -5.0, 5.0, 5.0]))
     assert torch.allclose(boxes[1], torch.tensor([-1.0, -5.0, 19.0, 5.0]), atol=1e-5)
 
@@ -122,7 +118,7 @@ def test_fcos_response_mask_is_the_centre_region_of_the_gi_box():
         "bbox_reg": [torch.zeros(2, 4, 4, 4)],
         "centerness": [torch.zeros(2, 1, 4, 4)],
     }
-    mask = response_mask(model, predictions, [torch.tensor([[0.0, 0.0, 32.0, 32.0]]), torch.zeros(0, 4)])
+    mask = model.assignment_mask(predictions, [torch.tensor([[0.0, 0.0, 32.0, 32.0]]), torch.zeros(0, 4)])
     assert mask.shape == (2, 16)
     assert mask[0].nonzero().flatten().tolist() == [5, 6, 9, 10]
     assert not mask[1].any()
@@ -132,10 +128,10 @@ def test_retinanet_response_mask_uses_the_anchor_assignment():
     model = one_level_retinanet()
     predictions = {"cls_logits": [torch.zeros(1, 2, 3, 3)], "bbox_deltas": [torch.zeros(1, 4, 3, 3)]}
     # IoU 1 with the anchor at (0, 0); 60 / 140 = 0.43 (ignored, not foreground) with (4, 0) and (0, 4).
-    mask = response_mask(model, predictions, [torch.tensor([[-5.0, -5.0, 5.0, 5.0]])])
+    mask = model.assignment_mask(predictions, [torch.tensor([[-5.0, -5.0, 5.0, 5.0]])])
     assert mask[0].nonzero().flatten().tolist() == [0]
     # IoU 100 / 140 = 0.71 with the anchors at (4, 0) and (4, 4), 60 / 180 = 0.33 with the others.
-    mask = response_mask(model, predictions, [torch.tensor([[-1.0, -5.0, 9.0, 9.0]])])
+    mask = model.assignment_mask(predictions, [torch.tensor([[-1.0, -5.0, 9.0, 9.0]])])
     assert mask[0].nonzero().flatten().tolist() == [1, 4]
 
 
@@ -153,7 +149,7 @@ def test_adapters_are_registered_trained_and_losses_carry_their_sub_weights():
         "response_cls_weight": 0.25,
         "response_reg_weight": 2.0,
     }
-    term = build_term(options, student=student, teacher=teacher, config={})
+    term = build_term(options, student=student, teacher=teacher)
     assert isinstance(term.adapters, nn.ModuleList) and len(term.adapters) == 5
     assert {id(p) for p in term.adapters.parameters()} <= {id(p) for p in term.parameters()}
     assert term.adapters[0].weight.shape == (16, 8, 1, 1)
@@ -180,7 +176,7 @@ def test_adapters_are_registered_trained_and_losses_carry_their_sub_weights():
 def test_identical_teacher_gives_zero_feature_relation_and_box_losses():
     student = tiny_fcos(8, seed=0)
     teacher = copy.deepcopy(student)
-    term = build_term({"type": "gid", "feature_weight": 1.0}, student=student, teacher=teacher, config={})
+    term = build_term({"type": "gid", "feature_weight": 1.0}, student=student, teacher=teacher)
     assert term.adapters is None
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -199,7 +195,7 @@ def test_identical_teacher_gives_zero_feature_relation_and_box_losses():
 
 def test_no_general_instances_gives_zero_losses_that_still_backpropagate():
     student, teacher = tiny_fcos(8, seed=0), tiny_fcos(16, seed=1)
-    term = build_term({"type": "gid", "top_k": 0}, student=student, teacher=teacher, config={})
+    term = build_term({"type": "gid", "top_k": 0}, student=student, teacher=teacher)
     images = torch.randn(1, 3, 64, 64)
     losses = term(
         _student_outputs(student, images), teacher.distillation_outputs(images, [(64, 64)], need_predictions=True), [], 0
@@ -212,7 +208,7 @@ def test_no_general_instances_gives_zero_losses_that_still_backpropagate():
 def test_gid_training_steps_reduce_the_distillation_loss():
     student, teacher = tiny_fcos(8, seed=0), tiny_fcos(16, seed=1)
     nn.init.constant_(teacher.head.cls_logits.bias, 0.5)  # a teacher that disagrees with the student
-    term = build_term({"type": "gid", "feature_weight": 0.05, "weight": 2.0}, student=student, teacher=teacher, config={})
+    term = build_term({"type": "gid", "feature_weight": 0.05, "weight": 2.0}, student=student, teacher=teacher)
     distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
     images = torch.randn(2, 3, 64, 64)
     targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 40.0]]), "labels": torch.tensor([1])}] * 2
@@ -234,13 +230,13 @@ def test_gid_training_steps_reduce_the_distillation_loss():
 
 def test_mismatched_teacher_and_bad_options_are_config_errors():
     with pytest.raises(ConfigError, match="the student is a RetinaNet and the teacher a FCOS"):
-        build_term({"type": "gid"}, student=tiny_retinanet(8), teacher=tiny_fcos(8), config={})
+        build_term({"type": "gid"}, student=tiny_retinanet(8), teacher=tiny_fcos(8))
     with pytest.raises(ConfigError, match="score_mode must be one of"):
-        build_term({"type": "gid", "score_mode": "max"}, student=tiny_fcos(8), teacher=tiny_fcos(8), config={})
+        build_term({"type": "gid", "score_mode": "max"}, student=tiny_fcos(8), teacher=tiny_fcos(8))
     with pytest.raises(ConfigError, match="unknown option"):
-        build_term({"type": "gid", "topk": 5}, student=tiny_fcos(8), teacher=tiny_fcos(8), config={})
+        build_term({"type": "gid", "topk": 5}, student=tiny_fcos(8), teacher=tiny_fcos(8))
     with pytest.raises(ConfigError, match="adapter_kernel_size must be 1 or 3"):
-        build_term({"type": "gid", "adapter_kernel_size": 2}, student=tiny_fcos(8), teacher=tiny_fcos(4), config={})
+        build_term({"type": "gid", "adapter_kernel_size": 2}, student=tiny_fcos(8), teacher=tiny_fcos(4))
 
 
 @pytest.mark.parametrize(
@@ -256,7 +252,7 @@ def test_gid_distillation_runs_through_train(tmp_path, tiny_overrides, student_c
     from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
     from msadkit.engine.metrics_logger import read_metrics
     from msadkit.engine.trainer import train
-    from msadkit.modeling.build import build_model
+    from msadkit.modeling.registry import build_model
 
     # A wider teacher FPN (48 channels against the student's 32) makes the term build adapters.
     teacher_cfg = load_config(teacher_config, tiny_overrides(tmp_path / "teacher", arch=arch) + ["model.fpn.out_channels=48"])
@@ -274,4 +270,4 @@ def test_gid_distillation_runs_through_train(tmp_path, tiny_overrides, student_c
     assert "model.distill_losses.0.adapters.0.weight" in state
     final = load_checkpoint_file(run / "model_final.pth")["model"]
     assert not any("adapters" in key for key in final)
-    load_state_dict_strict(build_model(config, for_inference=True), final, "model_final.pth")
+    load_state_dict_strict(build_model(config), final, "model_final.pth")

@@ -8,9 +8,10 @@ import torch
 from msadkit.config import load_config
 from msadkit.utils.checkpoint import load_checkpoint_file
 from msadkit.engine.metrics_logger import read_metrics
-from msadkit.engine.trainer import evaluate_run, train
+from msadkit.engine.run_evaluation import evaluate_run
+from msadkit.engine.trainer import train
 from msadkit.errors import ConfigError
-from msadkit.modeling.build import build_model
+from msadkit.modeling.registry import build_model
 
 
 @pytest.mark.parametrize("arch", ["fcos", "retinanet"])

@@ -26,7 +26,9 @@ from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic  # noqa: 
 from msadkit.engine.datasets import build_dataset, build_loader  # noqa: E402
 from msadkit.engine.metrics_logger import read_metrics  # noqa: E402
 from msadkit.engine.task import DetectionTask  # noqa: E402
-from msadkit.engine.trainer import evaluate_run, load_model_weights, train  # noqa: E402
+from msadkit.engine.run_evaluation import evaluate_run  # noqa: E402
+from msadkit.engine.trainer import train  # noqa: E402
+from msadkit.modeling.loading import load_model_weights  # noqa: E402
 from msadkit.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 from msadkit.integrations.detectron2 import (  # noqa: E402
     MsadkitDetector,
@@ -50,10 +52,10 @@ from msadkit.integrations.detectron2.config import (  # noqa: E402
 )
 from msadkit.integrations.detectron2.train_net import Trainer, check_num_classes  # noqa: E402
 from msadkit.integrations.detectron2.train_net import main as train_net_main  # noqa: E402
-from msadkit.modeling.build import build_model  # noqa: E402
-from msadkit.modeling.distillation.distiller import Distiller  # noqa: E402
-from msadkit.modeling.fpn import BackboneWithFPN  # noqa: E402
-from msadkit.modeling.msad_teacher import MSADTeacher  # noqa: E402
+from msadkit.modeling.registry import build_model  # noqa: E402
+from msadkit.distill.distiller import Distiller  # noqa: E402
+from msadkit.modeling.backbones.fpn import BackboneWithFPN  # noqa: E402
+from msadkit.modeling.detectors.msad_teacher import MSADTeacher  # noqa: E402
 
 # DetectionTask.training_step logs through Lightning, which warns that no Trainer is attached.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
@@ -422,7 +424,7 @@ def test_detectron2_trainer_and_msadkit_engine_agree(dataset_root, tmp_path):
         torch.testing.assert_close(d2_state[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
     # msadkit checkpoint -> detectron2: the wrapper detects what the msadkit model detects.
-    msadkit_model = build_model(config, for_inference=True)
+    msadkit_model = build_model(config)
     load_model_weights(msadkit_model, ms_dir / "model_final.pth")
     converted = convert_msadkit_to_detectron2(ms_dir / "model_final.pth", tmp_path / "from_msadkit.pth")
     wrapper = MsadkitDetector(cfg, for_inference=True)
@@ -431,7 +433,7 @@ def test_detectron2_trainer_and_msadkit_engine_agree(dataset_root, tmp_path):
 
     # detectron2 checkpoint (DetectionCheckpointer's model_final.pth) -> msadkit: likewise.
     back = convert_detectron2_to_msadkit(d2_dir / "model_final.pth", tmp_path / "from_d2.pth", config=config)
-    from_d2 = build_model(config, for_inference=True)
+    from_d2 = build_model(config)
     load_model_weights(from_d2, back)
     assert_same_detections(predictions_msadkit(from_d2, config), predictions_detectron2(trainer.model, cfg))
     # train_net's export: a msadkit run folder with the same weights, which msadkit evaluates.

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from msadkit.modeling.anchors import DEFAULT_ANCHOR_SIZES, AnchorGenerator, retinanet_anchor_sizes
-from msadkit.modeling.box_coder import BoxCoder
-from msadkit.modeling.dense_detector import permute_to_nhwk
+from msadkit.modeling.detectors.anchors import DEFAULT_ANCHOR_SIZES, AnchorGenerator, retinanet_anchor_sizes
+from msadkit.modeling.detectors.box_coder import BoxCoder
+from msadkit.modeling.detectors.dense_detector import permute_to_nhwk
 
 
 def test_retinanet_anchor_sizes_are_four_strides_times_octaves():

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 from msadkit.errors import InputError
-from msadkit.modeling.fcos import FCOS
-from msadkit.modeling.fcos_head import FCOSHead
-from msadkit.modeling.fcos_losses import fcos_losses, ltrb_giou_loss
-from msadkit.modeling.fcos_targets import assign_fcos_targets, centerness_target, compute_locations
+from msadkit.modeling.detectors.fcos import FCOS
+from msadkit.modeling.heads.fcos_head import FCOSHead
+from msadkit.modeling.detectors.fcos_losses import fcos_losses, ltrb_giou_loss
+from msadkit.modeling.detectors.fcos_targets import assign_fcos_targets, centerness_target, compute_locations
 
 
 class TinyPyramid(nn.Module):
@@ -226,7 +226,7 @@ def test_bf16_autocast_training_step_is_finite():
 def test_every_batch_makes_the_same_collective_calls(monkeypatch):
     # Under DDP one process may see no positive location while another does; both must make the
     # same reduce_mean calls or the collectives fall out of step.
-    import msadkit.modeling.fcos_losses as fcos_losses_module
+    import msadkit.modeling.detectors.fcos_losses as fcos_losses_module
 
     calls = []
     monkeypatch.setattr(fcos_losses_module, "reduce_mean", lambda value: calls.append(1) or value.detach().float())
@@ -245,7 +245,7 @@ def test_every_batch_makes_the_same_collective_calls(monkeypatch):
 def test_focal_loss_sum_matches_the_one_hot_form():
     from torchvision.ops import sigmoid_focal_loss
 
-    from msadkit.modeling.fcos_losses import sigmoid_focal_loss_sum
+    from msadkit.modeling.detectors.fcos_losses import sigmoid_focal_loss_sum
 
     torch.manual_seed(0)
     logits = (torch.randn(2, 7, 3) * 3).double().requires_grad_()
@@ -260,7 +260,7 @@ def test_focal_loss_sum_matches_the_one_hot_form():
 
 
 def test_chunked_assignment_equals_whole_batch_assignment(monkeypatch):
-    import msadkit.modeling.fcos_targets as fcos_targets_module
+    import msadkit.modeling.detectors.fcos_targets as fcos_targets_module
 
     torch.manual_seed(1)
     locations = compute_locations([(8, 8), (4, 4)], [8, 16])

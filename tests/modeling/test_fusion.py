@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from msadkit.modeling.fusion import CrossingFeatureFusion, fuse_pyramids
+from msadkit.modeling.detectors.fusion import CrossingFeatureFusion, fuse_pyramids
 
 
 def _pair(n: int = 2, c: int = 8, h: int = 4, w: int = 5, seed: int = 0):

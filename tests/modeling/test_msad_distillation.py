@@ -5,13 +5,13 @@ import torch
 
 from msadkit.config import load_config
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic
-from msadkit.engine.run_folder import write_run_config
-from msadkit.engine.trainer import train
+from msadkit.utils.run_folder import write_run_config
 from msadkit.errors import CheckpointError, ConfigError
-from msadkit.modeling.build import build_model
-from msadkit.modeling.distillation.distiller import Distiller
-from msadkit.modeling.distillation.terms import TERMS
-from msadkit.modeling.distillation.terms.msad_feature import MSADFeatureLoss
+from msadkit.engine.trainer import build_training_model, train
+from msadkit.modeling.registry import build_model
+from msadkit.distill.distiller import Distiller
+from msadkit.distill.registry import TERMS
+from msadkit.distill.msad import MSADFeatureLoss
 
 TINY = ["model.fpn.out_channels=32", "model.fcos.num_convs=1", "model.num_classes=3"]
 
@@ -50,7 +50,7 @@ def batch(seed=0):
 
 
 def test_build_distiller_loads_the_teacher_and_initialises_the_student(teacher_run):
-    model = build_model(student_config(teacher_run))
+    model = build_training_model(student_config(teacher_run))
     assert isinstance(model, Distiller)
     saved = load_checkpoint_file(teacher_run / "model_final.pth")["model"]
     # The teacher holds exactly the saved weights.
@@ -69,13 +69,13 @@ def test_build_distiller_loads_the_teacher_and_initialises_the_student(teacher_r
 
 
 def test_without_init_the_student_keeps_its_own_weights(teacher_run):
-    model = build_model(student_config(teacher_run, "distill.init_student_from_teacher=false"))
+    model = build_training_model(student_config(teacher_run, "distill.init_student_from_teacher=false"))
     saved = load_checkpoint_file(teacher_run / "model_final.pth")["model"]
     assert not torch.equal(model.student.head.cls_tower[0].weight, saved["detector.head.cls_tower.0.weight"])
 
 
 def test_teacher_is_off_the_module_tree(teacher_run):
-    model = build_model(student_config(teacher_run))
+    model = build_training_model(student_config(teacher_run))
     teacher_params = {id(p) for p in model.teacher.parameters()}
     assert not teacher_params & {id(p) for p in model.parameters()}
     assert all(key.startswith(("student.", "distill_losses.")) for key in model.state_dict())
@@ -83,7 +83,7 @@ def test_teacher_is_off_the_module_tree(teacher_run):
 
 
 def test_teacher_stays_in_eval_mode_and_gets_no_gradient(teacher_run):
-    model = build_model(student_config(teacher_run))
+    model = build_training_model(student_config(teacher_run))
     bn_stats = {k: v.clone() for k, v in model.teacher.state_dict().items() if "running" in k}
     assert bn_stats
     model.train()
@@ -105,7 +105,7 @@ def test_teacher_stays_in_eval_mode_and_gets_no_gradient(teacher_run):
 
 
 def test_kd_loss_is_zero_at_iteration_zero_and_matches_a_hand_computation(teacher_run):
-    model = build_model(
+    model = build_training_model(
         student_config(
             teacher_run,
             "distill.init_student_from_teacher=false",
@@ -146,7 +146,7 @@ def test_kd_loss_is_zero_at_iteration_zero_and_matches_a_hand_computation(teache
 
 def test_adapters_bridge_a_narrower_student(teacher_run):
     config = student_config(teacher_run, "distill.init_student_from_teacher=false", "model.fpn.out_channels=16")
-    model = build_model(config)
+    model = build_training_model(config)
     term = model.distill_losses[0]
     assert term.adapters is not None and len(term.adapters) == 5
     assert term.adapters[0].in_channels == 16 and term.adapters[0].out_channels == 32
@@ -163,33 +163,33 @@ def test_adapters_bridge_a_narrower_student(teacher_run):
 
 def test_init_from_a_teacher_of_another_width_is_a_config_error(teacher_run):
     with pytest.raises(ConfigError, match="equal widths"):
-        build_model(student_config(teacher_run, "model.fpn.out_channels=16"))
+        build_training_model(student_config(teacher_run, "model.fpn.out_channels=16"))
     with pytest.raises(ConfigError, match="equal widths"):
-        build_model(student_config(teacher_run, "model.backbone.width=0.5"))
+        build_training_model(student_config(teacher_run, "model.backbone.width=0.5"))
 
 
 def test_init_lists_student_tensors_the_teacher_lacks(teacher_run):
     with pytest.raises(ConfigError, match=r"no weights for these student tensors.*head\.cls_subnet"):
-        build_model(student_config(teacher_run, "model.arch=retinanet", "model.retinanet.num_convs=1"))
+        build_training_model(student_config(teacher_run, "model.arch=retinanet", "model.retinanet.num_convs=1"))
 
 
 def test_missing_teacher_folder_or_files_are_checkpoint_errors(tmp_path, teacher_run):
     missing = tmp_path / "no_such_run"
     with pytest.raises(CheckpointError, match="no_such_run"):
-        build_model(student_config(missing))
+        build_training_model(student_config(missing))
     half = tmp_path / "half_run"
     half.mkdir()
     (half / "config.yaml").write_text((teacher_run / "config.yaml").read_text())
     with pytest.raises(CheckpointError, match="model_final.pth"):
-        build_model(student_config(half))
+        build_training_model(student_config(half))
     bare = tmp_path / "bare.pth"
     save_atomic({"model": load_checkpoint_file(teacher_run / "model_final.pth")["model"]}, bare)
     with pytest.raises(CheckpointError, match="embeds no 'config'"):
-        build_model(student_config(bare))
+        build_training_model(student_config(bare))
 
 
 def test_a_checkpoint_file_with_its_config_is_a_valid_teacher(teacher_run):
-    model = build_model(student_config(teacher_run / "model_final.pth"))
+    model = build_training_model(student_config(teacher_run / "model_final.pth"))
     assert type(model.teacher).__name__ == "MSADTeacher"
 
 
@@ -201,7 +201,7 @@ def test_teacher_loading_is_strict(tmp_path, teacher_run):
     bad = tmp_path / "bad.pth"
     save_atomic({"model": state, "config": data["config"]}, bad)
     with pytest.raises(CheckpointError) as info:
-        build_model(student_config(bad))
+        build_training_model(student_config(bad))
     message = str(info.value)
     assert "missing keys: fusion.squeeze.weight" in message
     assert "unexpected keys: detector.extra.weight" in message
@@ -211,27 +211,27 @@ def test_teacher_loading_is_strict(tmp_path, teacher_run):
     state["fusion.score.weight"] = torch.zeros(5, 3)
     save_atomic({"model": state, "config": data["config"]}, bad)
     with pytest.raises(CheckpointError, match="shape mismatch: fusion.score.weight"):
-        build_model(student_config(bad))
+        build_training_model(student_config(bad))
 
 
 def test_loss_config_errors(teacher_run):
     assert "msad_feature" in TERMS
     with pytest.raises(ConfigError, match=r"unknown distillation loss type 'msad'.*msad_feature"):
-        build_model(student_config(teacher_run, "distill.losses=[{type: msad}]"))
-    with pytest.raises(ConfigError, match=r"unknown options \['ramp'\]"):
-        build_model(student_config(teacher_run, "distill.losses=[{type: msad_feature, ramp: 3}]"))
+        build_training_model(student_config(teacher_run, "distill.losses=[{type: msad}]"))
+    with pytest.raises(ConfigError, match=r"'msad_feature': unknown option\(s\) ramp \(known: .*ramp_iters"):
+        build_training_model(student_config(teacher_run, "distill.losses=[{type: msad_feature, ramp: 3}]"))
     with pytest.raises(ConfigError, match="loss_type"):
-        build_model(student_config(teacher_run, "distill.losses=[{type: msad_feature, loss_type: l3}]"))
+        build_training_model(student_config(teacher_run, "distill.losses=[{type: msad_feature, loss_type: l3}]"))
     with pytest.raises(ConfigError, match="non-empty"):
-        build_model(student_config(teacher_run, "distill.losses=[]"))
+        build_training_model(student_config(teacher_run, "distill.losses=[]"))
     with pytest.raises(ConfigError, match="model.resolution=low"):
-        build_model(student_config(teacher_run, "model.resolution=high", "distill.init_student_from_teacher=false"))
+        build_training_model(student_config(teacher_run, "model.resolution=high", "distill.init_student_from_teacher=false"))
     with pytest.raises(ConfigError, match="data.size_divisibility=256"):
-        build_model(student_config(teacher_run, "data.size_divisibility=32"))
+        build_training_model(student_config(teacher_run, "data.size_divisibility=32"))
 
 
 def test_inference_build_of_a_student_config_needs_no_teacher(tmp_path):
-    model = build_model(student_config(tmp_path / "absent"), for_inference=True)
+    model = build_model(student_config(tmp_path / "absent"))
     assert not isinstance(model, Distiller) and model.input_downsample == 2
 
 
@@ -256,6 +256,6 @@ def test_resume_keeps_the_student_instead_of_reinitialising_it(tmp_path, teacher
     resumed = load_checkpoint_file(checkpoint_path)
     assert resumed["global_step"] == 4
     final = load_checkpoint_file(run / "model_final.pth")["model"]
-    assert set(final) == set(build_model(config, for_inference=True).state_dict())
+    assert set(final) == set(build_model(config).state_dict())
     assert torch.allclose(final["head.cls_logits.weight"], perturbed, atol=1e-3)
     assert (final["head.cls_logits.weight"] - teacher_value).abs().min() > 0.4

@@ -7,8 +7,8 @@ from torch.nn import functional as F
 from msadkit.config import load_config
 from msadkit.data.batching import collate_detection
 from msadkit.errors import ConfigError
-from msadkit.modeling.build import build_model
-from msadkit.modeling.msad_teacher import MSADTeacher
+from msadkit.modeling.registry import build_model
+from msadkit.modeling.detectors.msad_teacher import MSADTeacher
 
 TINY = [
     "model.fpn.out_channels=32",

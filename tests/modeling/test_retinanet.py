@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from msadkit.errors import InputError
-from msadkit.modeling.anchors import AnchorGenerator
-from msadkit.modeling.retinanet import BACKGROUND, IGNORE, RetinaNet, match_anchors
-from msadkit.modeling.retinanet_head import RetinaNetHead
+from msadkit.modeling.detectors.anchors import AnchorGenerator
+from msadkit.modeling.detectors.retinanet import BACKGROUND, IGNORE, RetinaNet, match_anchors
+from msadkit.modeling.heads.retinanet_head import RetinaNetHead
 
 LEVELS = ("p3", "p4", "p5", "p6", "p7")
 STRIDES = (8, 16, 32, 64, 128)

@@ -12,7 +12,7 @@ from torch import nn
 
 from msadkit.errors import CheckpointError
 from msadkit.modeling.norm import FrozenBatchNorm2d
-from msadkit.modeling.slimmable import WIDTHS, load_slimmable_checkpoint, slimmable_resnet50
+from msadkit.modeling.backbones.slimmable import WIDTHS, load_slimmable_checkpoint, slimmable_resnet50
 
 OFFICIAL_WIDTHS = [0.25, 0.5, 0.75, 1.0]
 BLOCKS = [3, 4, 6, 3]

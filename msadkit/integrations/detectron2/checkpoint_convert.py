@@ -18,7 +18,6 @@ Both directions check every key strictly against the model the config builds. Co
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
-from msadkit.config import default_config
+from msadkit.config.loader import complete_config
 from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 from msadkit.errors import CheckpointError, MsadkitError
 
@@ -69,32 +68,18 @@ def detectron2_to_msadkit(state: Mapping[str, Tensor], *, source: str = "checkpo
     return {key[len(MODEL_PREFIX):]: value for key, value in state.items() if key.startswith(MODEL_PREFIX)}
 
 
-def _complete_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """``config`` on top of the defaults (a config written before a key existed still builds)."""
-
-    def merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-        for key, value in update.items():
-            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
-                merge(base[key], value)
-            else:
-                base[key] = copy.deepcopy(value)
-        return base
-
-    return merge(default_config(), config)
-
-
 def check_state_fits_config(state: Mapping[str, Tensor], config: Mapping[str, Any], source: str) -> None:
     """Build the deployable model of ``config`` and load ``state`` into it strictly.
 
     Raises:
         CheckpointError: missing, unexpected or misshapen keys, all listed.
     """
-    from msadkit.modeling.build import build_model
+    from msadkit.modeling.registry import build_model
 
-    config = _complete_config(config)
+    config = complete_config(config)
     # The weights come from the checkpoint: the ImageNet file need not exist here.
     config["model"]["backbone"]["weights"] = None
-    load_state_dict_strict(build_model(config, for_inference=True), state, source)
+    load_state_dict_strict(build_model(config), state, source)
 
 
 def _model_state(data: Mapping[str, Any], path: str | os.PathLike) -> dict[str, Tensor]:
@@ -145,7 +130,7 @@ def convert_detectron2_to_msadkit(
                 "(--config-file) or the msadkit config"
             )
     check_state_fits_config(state, config, str(src))
-    return save_atomic({"model": state, "config": _complete_config(config)}, dst)
+    return save_atomic({"model": state, "config": complete_config(config)}, dst)
 
 
 def export_msadkit_run(model: Any, run_dir: str | os.PathLike) -> Path:
@@ -161,7 +146,7 @@ def export_msadkit_run(model: Any, run_dir: str | os.PathLike) -> Path:
     Raises:
         CheckpointError: ``model`` carries no msadkit config.
     """
-    from msadkit.engine.run_folder import FINAL_WEIGHTS_NAME, write_run_config
+    from msadkit.utils.run_folder import FINAL_WEIGHTS_NAME, write_run_config
 
     config = getattr(model, "msadkit_config", None)
     if not isinstance(config, Mapping):

@@ -5,7 +5,7 @@ tensor in ``cfg.INPUT.FORMAT`` at the data loader's resized size), ``"instances"
 ``gt_classes``) while training, and the original ``"height"`` / ``"width"``. msadkit's models take a
 normalised RGB batch padded to a size divisibility, the valid size of each image and target dicts
 (``docs/architecture.md``). This module converts between the two and nothing else: the model is
-``msadkit.modeling.build.build_model`` of the msadkit config, unchanged.
+``msadkit.modeling.registry.build_model`` of the msadkit config, unchanged.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from torch import Tensor, nn
 from msadkit.data.batching import collate_detection
 from msadkit.errors import ConfigError, InputError
 from msadkit.integrations.detectron2.config import msadkit_config_from_cfg
-from msadkit.modeling.build import build_model
-from msadkit.modeling.distillation.distiller import Distiller
+from msadkit.engine.trainer import build_training_model
+from msadkit.modeling.registry import build_model
+from msadkit.distill.distiller import Distiller
 
 __all__ = ["INPUT_FORMATS", "MsadkitDetector"]
 
@@ -43,7 +44,7 @@ class MsadkitDetector(nn.Module):
     ``checkpoint_convert`` maps checkpoints by the prefix alone.
 
     Args:
-        model: what ``msadkit.modeling.build.build_model`` returned.
+        model: what ``msadkit.modeling.registry.build_model`` returned.
         pixel_mean: RGB mean in 0..255 (msadkit's ``data.pixel_mean``).
         pixel_std: RGB standard deviation in 0..255 (msadkit's ``data.pixel_std``).
         size_divisibility: padded height and width are multiples of it (msadkit's
@@ -98,7 +99,7 @@ class MsadkitDetector(nn.Module):
         config = msadkit_config_from_cfg(cfg)
         data = config["data"]
         return {
-            "model": build_model(config, for_inference=for_inference),
+            "model": build_model(config) if for_inference else build_training_model(config),
             "pixel_mean": data["pixel_mean"],
             "pixel_std": data["pixel_std"],
             "size_divisibility": data["size_divisibility"],

@@ -1,0 +1,1 @@
+"""GID (general instance distillation): selection, losses and the ``gid`` term."""

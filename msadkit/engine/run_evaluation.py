@@ -1,0 +1,85 @@
+"""Evaluating a model or a finished run on its validation split; the run's summary row."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from msadkit.engine.datasets import build_dataset, build_loader
+from msadkit.engine.evaluation import coco_evaluate, format_ap_table
+from msadkit.engine.inference import predict_coco_results
+from msadkit.modeling.backbones.capacity import capacity_of
+from msadkit.modeling.loading import load_run_model
+from msadkit.utils.run_folder import EVAL_NAME, SUMMARY_NAME, summary_fields, write_json_atomic
+
+__all__ = ["evaluate_model", "evaluate_run", "run_summary"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_summary(config: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """The row of the AP table that describes this run (``summary.json``)."""
+    fields = summary_fields(config)
+    capacity = capacity_of(fields["backbone"], fields["width"], fields["resolution"])
+    return {**fields, "capacity": None if capacity is None else round(capacity, 3), "eval": metrics}
+
+
+def evaluate_model(
+    model: nn.Module,
+    config: dict[str, Any],
+    run_dir: str | os.PathLike | None = None,
+    *,
+    dataset: torch.utils.data.Dataset | None = None,
+    device: torch.device | str = "cpu",
+    name: str = EVAL_NAME,
+) -> dict[str, float]:
+    """COCO AP of ``model`` on the validation split; written to ``run_dir/eval.json`` if given."""
+    dataset = dataset if dataset is not None else build_dataset(config, "val")
+    loader = build_loader(config, dataset, train=False)
+    results = predict_coco_results(
+        model,
+        loader,
+        dataset.category_ids,
+        device=device,
+        precision=config["trainer"]["precision"],
+        channels_last=config["trainer"]["channels_last"],
+    )
+    metrics = coco_evaluate(dataset.coco_json_path, results)
+    logger.info("evaluation\n%s", format_ap_table(metrics))
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        write_json_atomic(run_dir / name, metrics)
+        if name == EVAL_NAME:
+            write_json_atomic(run_dir / SUMMARY_NAME, run_summary(config, metrics))
+    return metrics
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    overrides: dict[str, Any] | None = None,
+    device: str = "cpu",
+    write: bool = True,
+    name: str = EVAL_NAME,
+) -> dict[str, float]:
+    """Evaluate a run folder's final weights (or ``weights``) on its validation split.
+
+    Args:
+        run_dir: folder written by :func:`train`.
+        weights: another checkpoint to evaluate instead of ``model_final.pth``.
+        overrides: nested config values to change for the evaluation (checked like config keys),
+            e.g. ``{"model": {"msad": {"eval_branch": "high"}}}``.
+        device: where to run.
+        write: write ``run_dir/<name>`` (and ``summary.json`` when ``name`` is ``eval.json``).
+        name: file name of the metrics, so another branch or checkpoint does not replace eval.json.
+    """
+    run_dir = Path(run_dir)
+    model, config = load_run_model(run_dir, weights=weights, overrides=overrides, device=device, argument="run")
+    dataset = build_dataset(config, "val")
+    return evaluate_model(model, config, run_dir if write else None, dataset=dataset, device=device, name=name)

@@ -1,0 +1,1 @@
+"""Bottom-up networks (ResNet, slimmable ResNet-50), the FPN and their FLOP counts."""

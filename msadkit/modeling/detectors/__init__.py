@@ -1,0 +1,1 @@
+"""Detectors: the dense-detector base, FCOS, RetinaNet and the MSAD teacher with C-FF."""

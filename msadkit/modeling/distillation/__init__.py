@@ -1,1 +1,0 @@
-"""Distillation meta-architecture: a student, a frozen teacher and distillation loss terms."""

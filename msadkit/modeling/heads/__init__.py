@@ -1,0 +1,1 @@
+"""Dense prediction heads (FCOS, RetinaNet) and their shared conv tower."""

@@ -1,0 +1,1 @@
+"""Notebook helpers: the papermill runner, results recording and training from a notebook."""
