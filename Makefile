@@ -19,9 +19,11 @@ demo: install
 	$(BIN)/msadkit demo --out $(DEMO_OUT)
 
 test: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 test-slow: install
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m slow
 
 clean:

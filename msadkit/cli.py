@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
+import select
 import sys
 from types import ModuleType
 from typing import Sequence
@@ -14,6 +16,12 @@ import msadkit.commands
 from msadkit.errors import MsadkitError
 
 __all__ = ["main", "build_parser"]
+
+# The status of a command whose reader closed the pipe (`msadkit configs | head -1`). A Unix filter
+# dies of SIGPIPE there, which a shell reports as 128 + 13 = 141; returning the same number keeps
+# `set -o pipefail` scripts and callers that check statuses seeing what `seq`, `cat` or `grep` give,
+# and tells them the output was cut short, which 0 would hide. The shell prints nothing for it.
+SIGPIPE_EXIT_STATUS = 141
 
 
 def _command_modules() -> dict[str, ModuleType]:
@@ -32,8 +40,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_is_a_closed_pipe() -> bool:
+    """Whether standard output is a pipe (or socket) whose reader has gone away."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by a capture object, or closed
+        return False
+    if not hasattr(select, "poll"):  # Windows: no poll; a broken pipe there can only be stdout's
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    # The write end of a pipe without a reader always reports POLLERR.
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device, so the interpreter's final flush of what is still
+    buffered does not fail again (the recipe of Python's ``signal`` documentation)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; user errors print one message and return status 2."""
+    """Run the command line; user errors print one message and return status 2.
+
+    When the reader of standard output goes away (``msadkit configs | head -1``) the command stops
+    without a traceback and returns 141, the status a shell shows for a filter ended by SIGPIPE.
+    """
+    try:
+        status = _main(argv)
+        # Buffered output still waiting for a pipe fails here, inside the try, not at exit.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # A broken pipe elsewhere (a socket, a subprocess) is a real error and keeps its traceback.
+        if not _stdout_is_a_closed_pipe():
+            raise
+        _silence_stdout()
+        return SIGPIPE_EXIT_STATUS
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

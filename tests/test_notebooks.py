@@ -26,14 +26,12 @@ from msadkit.errors import ConfigError
 from msadkit.notebook.runner import (
     NOTEBOOK_NAMES,
     NotebookExecutionError,
-    SweepError,
     is_finished,
     read_run_record,
     resolve_notebook,
     run_notebook,
-    run_sweep,
-    sweep_run_name,
 )
+from msadkit.notebook.sweep import SweepError, run_sweep, sweep_run_name
 
 # Small enough that every notebook runs in seconds: 8 training / 4 validation images of 128 px
 # (padded to 256 for the MSAD teacher), batches of 2, one log line per iteration.

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch import nn
 
 from msadkit.data import DetectionCollator
 from msadkit.engine.datasets import build_dataset

@@ -114,14 +114,8 @@ def _run_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msadkit.notebook.runner import (
-        SweepError,
-        list_notebooks,
-        notebook_parameters,
-        resolve_notebook,
-        run_notebook,
-        run_sweep,
-    )
+    from msadkit.notebook.runner import list_notebooks, notebook_parameters, resolve_notebook, run_notebook
+    from msadkit.notebook.sweep import SweepError, run_sweep
 
     if args.notebook_command == "list":
         for name in list_notebooks():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -11,7 +12,7 @@ import yaml
 from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
 from msadkit.errors import ConfigError
 
-__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config", "complete_config"]
+__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config", "complete_config", "parse_number"]
 
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BASE_KEY = "_base_"
@@ -50,16 +51,84 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+# Digits with single underscores between them, as Python and YAML 1.1 write ``1_000``.
+_DIGITS = r"\d(?:_?\d)*"
+_INT_RE = re.compile(rf"[-+]?{_DIGITS}")
+_FLOAT_RE = re.compile(rf"[-+]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][-+]?\d+)?")
+_SPECIAL_FLOAT_RE = re.compile(r"[-+]?\.?(?:inf|infinity|nan)", re.IGNORECASE)
+
+
+def parse_number(text: str) -> int | float | None:
+    """The number ``text`` spells, or None when it spells none.
+
+    Integers (``3``, ``+7``, ``1_000``) give an int; decimal and scientific spellings (``0.5``,
+    ``.5``, ``1.``, ``1e-3``, ``1E4``, ``5e-3``, ``-2.5E+2``, ``1_000.0``) and ``inf``/``nan``
+    (optionally signed, with or without YAML's leading dot) give a float.
+    """
+    text = text.strip()
+    if _INT_RE.fullmatch(text):
+        return int(text)
+    if _FLOAT_RE.fullmatch(text):
+        return float(text)
+    if _SPECIAL_FLOAT_RE.fullmatch(text):
+        return float(text.replace(".", ""))
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numeric_list_kind(default: Any) -> type | None:
+    """``float`` or ``int`` for a non-empty default list of that one number type, else None."""
+    if not isinstance(default, (list, tuple)) or not default:
+        return None
+    if all(isinstance(item, float) for item in default):
+        return float
+    if all(_is_int(item) for item in default):
+        return int
+    return None
+
+
+def _coerce(default: Any, value: Any) -> Any:
+    """``value`` as a float where ``default`` is a float and ``value`` spells a number.
+
+    PyYAML follows YAML 1.1, which reads ``1e-3``, ``1E4`` and ``5e-3`` as strings (it wants a dot
+    and a signed exponent), so the conversion happens here, where the key's type is known: a
+    string key keeps ``"1e4"`` as written, an int key still refuses a float.
+    """
+    if isinstance(default, float):
+        if isinstance(value, str):
+            number = parse_number(value)
+            return value if number is None else float(number)
+        return float(value) if _is_int(value) else value
+    if _numeric_list_kind(default) is float and isinstance(value, (list, tuple)):
+        return [_coerce(0.0, item) for item in value]
+    return value
+
+
 def _type_ok(default: Any, value: Any) -> bool:
     if default is None or value is None:
         return True
     if isinstance(default, bool):
         return isinstance(value, bool)
-    if isinstance(default, (int, float)):
+    if _is_int(default):
+        return _is_int(value)
+    if isinstance(default, float):
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if isinstance(default, (list, tuple)):
-        return isinstance(value, (list, tuple))
+        if not isinstance(value, (list, tuple)):
+            return False
+        kind = _numeric_list_kind(default)
+        if kind is None:
+            return True
+        return all(_type_ok(kind(), item) for item in value)
     return isinstance(value, type(default))
+
+
+def _type_name(default: Any) -> str:
+    kind = _numeric_list_kind(default)
+    return f"list of {kind.__name__}" if kind is not None else type(default).__name__
 
 
 def _merge(base: dict, update: dict, defaults: dict | None, source: str, prefix: str = "") -> None:
@@ -85,13 +154,10 @@ def _merge(base: dict, update: dict, defaults: dict | None, source: str, prefix:
                 raise ConfigError(f"config key '{dotted}' in {source} must be a mapping, got {value!r}")
             _merge(base[key], value, default, source, dotted + ".")
             continue
-        if not _type_ok(default, value):
-            raise ConfigError(
-                f"config key '{dotted}' in {source} must be of type {type(default).__name__}, got {value!r}"
-            )
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        base[key] = copy.deepcopy(value)
+        coerced = _coerce(default, value)
+        if not _type_ok(default, coerced):
+            raise ConfigError(f"config key '{dotted}' in {source} must be of type {_type_name(default)}, got {value!r}")
+        base[key] = copy.deepcopy(coerced)
 
 
 def _load_file_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:

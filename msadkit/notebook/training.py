@@ -22,7 +22,7 @@ from msadkit.engine.launch import launch_training
 from msadkit.engine.metrics_logger import PeriodicMetrics
 from msadkit.engine.semi_supervised import generate_pseudo_labels
 from msadkit.engine.trainer import train
-from msadkit.errors import ConfigError, MsadkitError
+from msadkit.errors import ConfigError
 from msadkit.modeling.loading import load_run_model
 from msadkit.utils.run_folder import FINAL_WEIGHTS_NAME, SUMMARY_NAME, last_checkpoint, read_run_config
 

@@ -12,7 +12,7 @@ from torch import nn
 from msadkit.errors import CheckpointError
 from msadkit.utils.atomic import atomic_write
 
-__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict", "key_problems"]
+__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict", "key_problems", "format_keys"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -41,7 +41,8 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
     return data
 
 
-def _format_keys(keys: list[str], limit: int = 20) -> str:
+def format_keys(keys: list[str], limit: int = 20) -> str:
+    """The first ``limit`` keys, comma-separated, and how many more there are."""
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
@@ -50,11 +51,11 @@ def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str
     """Human-readable lists of missing, unexpected and misshapen keys (empty when all fit)."""
     problems = []
     if missing:
-        problems.append(f"missing keys: {_format_keys(sorted(missing))}")
+        problems.append(f"missing keys: {format_keys(sorted(missing))}")
     if unexpected:
-        problems.append(f"unexpected keys: {_format_keys(sorted(unexpected))}")
+        problems.append(f"unexpected keys: {format_keys(sorted(unexpected))}")
     if mismatched:
-        problems.append(f"shape mismatch: {_format_keys(sorted(mismatched))}")
+        problems.append(f"shape mismatch: {format_keys(sorted(mismatched))}")
     return problems
 
 

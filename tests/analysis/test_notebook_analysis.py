@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from msadkit.analysis import plots
+from msadkit.analysis import alignment_plots, plots
 from msadkit.analysis.feature_maps import (
     alignment_error_map,
     channel_mean,
@@ -94,7 +94,7 @@ def test_results_recorder_writes_json_and_figures(tmp_path):
     results.record("array", np.arange(3))
     results.record("path", tmp_path)
     results.record_file("table", tmp_path / "out" / "sub" / "t.md")
-    figure = plots.plot_level_errors({"a": [1.0, 2.0]}, ["P3", "P4"])
+    figure = alignment_plots.plot_level_errors({"a": [1.0, 2.0]}, ["P3", "P4"])
     path = results.save_figure(figure, "errors")
     results.finish()
     data = read_results(tmp_path / "out")
@@ -110,14 +110,14 @@ def test_results_recorder_writes_json_and_figures(tmp_path):
 
 
 def test_level_error_bars_have_the_given_heights():
-    figure = plots.plot_level_errors({"before": [0.5, 0.25], "after": [0.125, float("nan")]}, ["P3", "P4"])
+    figure = alignment_plots.plot_level_errors({"before": [0.5, 0.25], "after": [0.125, float("nan")]}, ["P3", "P4"])
     heights = [patch.get_height() for patch in figure.axes[0].patches]
     assert heights == [0.5, 0.25, 0.125, 0.0]
 
 
 def test_fusion_weight_heat_map_shows_the_high_resolution_weight():
     weights = np.array([[[0.9, 0.1], [0.3, 0.7]], [[0.6, 0.4], [0.5, 0.5]]])
-    figure = plots.plot_fusion_weights(weights, ["P3", "P4"])
+    figure = alignment_plots.plot_fusion_weights(weights, ["P3", "P4"])
     heat = figure.axes[0].images[0].get_array()
     assert np.allclose(heat, weights[..., 0])
     assert figure.axes[0].images[0].get_clim() == (0, 1)
@@ -142,7 +142,7 @@ def test_feature_grid_crops_to_the_valid_region():
     image = np.zeros((64, 64, 3))
     image[:32, :48] = 0.8
     maps = {"teacher": [np.arange(64, dtype=float).reshape(8, 8)], "student": [np.ones((8, 8))]}
-    figure = plots.plot_feature_grid(image, maps, [np.zeros((8, 8))], ["P3"], valid_size=(32, 48))
+    figure = alignment_plots.plot_feature_grid(image, maps, [np.zeros((8, 8))], ["P3"], valid_size=(32, 48))
     shown = [ax.images[-1].get_array().shape for ax in figure.axes if ax.images]
     # image, two feature panels and the error panel, all cropped to 32 x 48
     assert shown[:4] == [(32, 48, 3), (32, 48), (32, 48), (32, 48)]

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from torch.nn import functional as F
 
 from msadkit.config import load_config
 from msadkit.data.batching import collate_detection

@@ -15,7 +15,8 @@ import torchvision
 from torch import nn
 
 from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
-from msadkit.errors import CheckpointError, InputError
+from msadkit.errors import CheckpointError
+from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.norm import FrozenBatchNorm2d, freeze_batchnorm, get_norm
 
 __all__ = [
@@ -24,22 +25,12 @@ __all__ = [
     "torchvision_resnet",
     "load_torchvision_weights",
     "freeze_stages",
-    "check_image_batch",
 ]
 
 RESNET_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
 
 _DEPTHS = {50: torchvision.models.resnet50, 101: torchvision.models.resnet101}
 _NORMS = ("BN", "SyncBN", "FrozenBN", "GN")
-
-
-def check_image_batch(images: torch.Tensor, owner: str) -> None:
-    """Raise :class:`InputError` unless ``images`` is a float ``(N, 3, H, W)`` tensor."""
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise InputError(f"{owner}: expected an image batch of shape (N, 3, H, W), got {shape}")
-    if not images.is_floating_point():
-        raise InputError(f"{owner}: expected a floating-point image batch, got dtype {images.dtype}")
 
 
 def freeze_stages(model: nn.Module, stages: Sequence[Sequence[str]], freeze_at: int) -> None:

@@ -45,10 +45,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from msadkit.utils.checkpoint import key_problems, load_checkpoint_file, load_state_dict_strict
+from msadkit.utils.checkpoint import format_keys, key_problems, load_checkpoint_file, load_state_dict_strict
 from msadkit.errors import CheckpointError
 from msadkit.modeling.norm import FrozenBatchNorm2d, get_norm
-from msadkit.modeling.backbones.resnet import RESNET_STRIDES, check_image_batch, freeze_stages
+from msadkit.modeling.backbones.resnet import RESNET_STRIDES, freeze_stages
+from msadkit.modeling.image_batch import check_image_batch
 
 __all__ = [
     "WIDTHS",
@@ -272,7 +273,7 @@ def load_slimmable_checkpoint(model: SlimmableResNet50, path: str | os.PathLike,
             not_tensors.append(key)
         stored[short] = value
     if not_tensors:
-        raise CheckpointError(f"checkpoint file {path}: the values of {_format_keys(not_tensors)} are not tensors")
+        raise CheckpointError(f"checkpoint file {path}: the values of {format_keys(not_tensors)} are not tensors")
     prefix = "module." if any(k.startswith("module.") for k in state) else ""
 
     own = model.state_dict()

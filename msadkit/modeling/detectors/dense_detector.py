@@ -15,22 +15,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from msadkit.errors import InputError
+from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.outputs import DenseOutputs, TeacherOutputs
 
-__all__ = ["DenseDetector", "check_images", "downsample_nearest", "permute_to_nhwk"]
-
-
-def check_images(images: Tensor) -> None:
-    """Raise :class:`InputError` unless ``images`` is a finite float (N, 3, H, W) tensor."""
-    if not isinstance(images, Tensor):
-        raise InputError(f"images must be a Tensor of shape (N, 3, H, W), got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise InputError(f"images must have shape (N, 3, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise InputError(f"images must be a floating point tensor, got {images.dtype}")
-    if not torch.isfinite(images).all():
-        bad = (~torch.isfinite(images)).flatten(1).any(dim=1).nonzero().flatten().tolist()
-        raise InputError(f"images contain inf or NaN values (batch indices {bad})")
+__all__ = ["DenseDetector", "downsample_nearest", "permute_to_nhwk"]
 
 
 def downsample_nearest(images: Tensor, factor: int = 2) -> Tensor:
@@ -95,7 +83,7 @@ class DenseDetector(nn.Module):
 
         A low-resolution detector (``input_downsample=2``) first takes the 0.5x nearest copy.
         """
-        check_images(images)
+        check_image_batch(images, type(self).__name__, require_finite=True)
         if self.input_downsample != 1:
             images = downsample_nearest(images, self.input_downsample)
         return self.backbone(images)

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.levels import LOW_RES_FEATURES
-from msadkit.modeling.detectors.dense_detector import check_images, downsample_nearest
+from msadkit.modeling.detectors.dense_detector import downsample_nearest
+from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.outputs import TeacherOutputs
 from msadkit.modeling.detectors.fcos import FCOS
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
@@ -108,7 +109,7 @@ class MSADTeacher(nn.Module):
 
     def check_batch(self, images: Tensor) -> None:
         """Raise unless ``images`` is a finite ``(N, 3, H, W)`` batch with H, W multiples of 256."""
-        check_images(images)
+        check_image_batch(images, "MSADTeacher", require_finite=True)
         height, width = images.shape[-2:]
         if height % SIZE_DIVISIBILITY or width % SIZE_DIVISIBILITY:
             raise ConfigError(
