@@ -85,18 +85,28 @@ def build_fcos_head(model_cfg: dict[str, Any]) -> FCOSHead:
     )
 
 
+# Loss and inference arguments every dense detector takes, read from its config section.
+_DENSE_DETECTOR_KEYS = (
+    "focal_alpha",
+    "focal_gamma",
+    "score_thresh",
+    "topk_candidates",
+    "nms_thresh",
+    "detections_per_image",
+)
+
+
+def _dense_detector_kwargs(section: dict[str, Any]) -> dict[str, Any]:
+    return {key: section[key] for key in _DENSE_DETECTOR_KEYS}
+
+
 def fcos_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
     """Assignment, loss and inference arguments of :class:`FCOS` from the config."""
     fcos_cfg = model_cfg["fcos"]
     return dict(
         num_classes=model_cfg["num_classes"],
         center_sampling_radius=fcos_cfg["center_sampling_radius"],
-        focal_alpha=fcos_cfg["focal_alpha"],
-        focal_gamma=fcos_cfg["focal_gamma"],
-        score_thresh=fcos_cfg["score_thresh"],
-        topk_candidates=fcos_cfg["topk_candidates"],
-        nms_thresh=fcos_cfg["nms_thresh"],
-        detections_per_image=fcos_cfg["detections_per_image"],
+        **_dense_detector_kwargs(fcos_cfg),
     )
 
 
@@ -141,13 +151,8 @@ def build_retinanet(config: dict[str, Any]) -> RetinaNet:
         input_downsample=downsample,
         anchor_generator=anchor_generator,
         iou_thresholds=tuple(r_cfg["iou_thresholds"]),
-        focal_alpha=r_cfg["focal_alpha"],
-        focal_gamma=r_cfg["focal_gamma"],
         smooth_l1_beta=r_cfg["smooth_l1_beta"],
-        score_thresh=r_cfg["score_thresh"],
-        topk_candidates=r_cfg["topk_candidates"],
-        nms_thresh=r_cfg["nms_thresh"],
-        detections_per_image=r_cfg["detections_per_image"],
+        **_dense_detector_kwargs(r_cfg),
     )
 
 

@@ -19,27 +19,10 @@ from msadkit.modeling.detectors.fcos import FCOS
 from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.detectors.retinanet import RetinaNet
 from msadkit.modeling.heads.retinanet_head import RetinaNetHead
+from tiny_detectors import TinyPyramid, one_level_retinanet  # noqa: E402
 
-LEVELS = ("p3", "p4", "p5", "p6", "p7")
 KEYS = {"loss_gid_feature", "loss_gid_relation", "loss_gid_response_cls", "loss_gid_response_reg"}
 
-
-class TinyPyramid(nn.Module):
-    """Strided convs giving ``p3..p7`` (strides 8..128) with ``channels`` channels."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.out_channels = channels
-        self.stem = nn.Conv2d(3, channels, 8, stride=8)
-        self.downs = nn.ModuleList(nn.Conv2d(channels, channels, 3, stride=2, padding=1) for _ in range(4))
-
-    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = torch.relu(self.stem(images))
-        features = {"p3": x}
-        for name, down in zip(LEVELS[1:], self.downs):
-            x = down(x)
-            features[name] = x
-        return features
 
 
 def tiny_retinanet(channels: int, *, seed: int = 0) -> RetinaNet:
@@ -66,13 +49,6 @@ def one_level_fcos(stride: int = 8) -> FCOS:
     )
 
 
-def one_level_retinanet() -> RetinaNet:
-    """One level of 10 px square anchors every 4 px, anchor centres at ``(4j, 4i)``."""
-    generator = AnchorGenerator(sizes=((10.0,),), aspect_ratios=(1.0,), strides=(4,))
-    head = RetinaNetHead(in_channels=4, num_classes=2, num_anchors=1, num_convs=0)
-    return RetinaNet(
-        backbone=nn.Identity(), head=head, num_classes=2, in_features=("p3",), strides=(4,), anchor_generator=generator
-    )
 
 
 def test_registered_as_gid():

@@ -52,6 +52,11 @@ class DenseDetector(nn.Module):
         input_downsample: 1 for the image as given; 2 for a low-resolution detector that sees the
             nearest-neighbour 0.5x copy of the (padded) batch, as MSAD's low-res branch, student and
             low-res baseline do. Ground truth, strides and detections stay in input pixels.
+        focal_alpha, focal_gamma: sigmoid focal loss parameters.
+        score_thresh: minimum classification probability of a candidate.
+        topk_candidates: candidates kept per level before NMS.
+        nms_thresh: IoU threshold of the class-wise NMS.
+        detections_per_image: detections kept after NMS.
     """
 
     def __init__(
@@ -63,6 +68,12 @@ class DenseDetector(nn.Module):
         strides: Sequence[int],
         num_classes: int,
         input_downsample: int = 1,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        score_thresh: float = 0.05,
+        topk_candidates: int = 1000,
+        nms_thresh: float = 0.6,
+        detections_per_image: int = 100,
     ) -> None:
         super().__init__()
         if input_downsample not in (1, 2):
@@ -77,6 +88,12 @@ class DenseDetector(nn.Module):
         self.strides = tuple(int(s) for s in strides)
         self.num_classes = int(num_classes)
         self.input_downsample = int(input_downsample)
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.score_thresh = score_thresh
+        self.topk_candidates = topk_candidates
+        self.nms_thresh = nms_thresh
+        self.detections_per_image = detections_per_image
 
     def extract_features(self, images: Tensor) -> dict[str, Tensor]:
         """Run backbone and FPN: ``(N, 3, H, W)`` -> dict of ``(N, C, Hi, Wi)`` maps.

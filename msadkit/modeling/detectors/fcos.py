@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -45,12 +45,8 @@ class FCOS(DenseDetector):
         strides: stride of each used level in input pixels.
         sizes_of_interest: per level ``(lo, hi]`` range of the largest regression distance.
         center_sampling_radius: centre region radius in strides.
-        focal_alpha, focal_gamma: sigmoid focal loss parameters.
-        score_thresh: minimum classification probability of a candidate.
-        topk_candidates: candidates kept per level before NMS.
-        nms_thresh: IoU threshold of the class-wise NMS.
-        detections_per_image: detections kept after NMS.
-        input_downsample: 2 for a low-resolution FCOS (see :class:`DenseDetector`).
+        input_downsample, focal_alpha, focal_gamma, score_thresh, topk_candidates, nms_thresh,
+            detections_per_image: see :class:`DenseDetector`.
     """
 
     def __init__(
@@ -63,30 +59,13 @@ class FCOS(DenseDetector):
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZES_OF_INTEREST,
         center_sampling_radius: float = 1.5,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
-        score_thresh: float = 0.05,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.6,
-        detections_per_image: int = 100,
-        input_downsample: int = 1,
+        **common: Any,
     ) -> None:
         super().__init__(
-            backbone=backbone,
-            head=head,
-            in_features=in_features,
-            strides=strides,
-            num_classes=num_classes,
-            input_downsample=input_downsample,
+            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes, **common
         )
         self.sizes_of_interest = tuple(tuple(float(v) for v in rng) for rng in sizes_of_interest)
         self.center_sampling_radius = center_sampling_radius
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
-        self.score_thresh = score_thresh
-        self.topk_candidates = topk_candidates
-        self.nms_thresh = nms_thresh
-        self.detections_per_image = detections_per_image
 
     def flatten_predictions(self, predictions: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """Concatenate levels: ``(N, R, K)`` logits, ``(N, R, 4)`` regression, ``(N, R)`` centerness."""

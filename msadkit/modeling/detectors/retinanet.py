@@ -10,7 +10,7 @@ anchors with the same rule (:meth:`RetinaNet.assign_boxes`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -50,14 +50,10 @@ class RetinaNet(DenseDetector):
         box_coder: delta parametrisation; defaults to weights ``(1, 1, 1, 1)``.
         iou_thresholds: ``(low, high)`` of :func:`match_anchors`.
         allow_low_quality_matches: see :func:`match_anchors`.
-        focal_alpha, focal_gamma: sigmoid focal loss parameters.
         smooth_l1_beta: transition point of the smooth-L1 box loss (0 gives L1).
         box_loss: ``"smooth_l1"`` on deltas, or ``"giou"`` on decoded boxes.
-        score_thresh: minimum classification probability of a candidate.
-        topk_candidates: candidates kept per level before NMS.
-        nms_thresh: IoU threshold of the class-wise NMS.
-        detections_per_image: detections kept after NMS.
-        input_downsample: 2 for a low-resolution RetinaNet (see :class:`DenseDetector`).
+        input_downsample, focal_alpha, focal_gamma, score_thresh, topk_candidates, nms_thresh,
+            detections_per_image: see :class:`DenseDetector` (``nms_thresh`` defaults to 0.5 here).
     """
 
     def __init__(
@@ -72,23 +68,13 @@ class RetinaNet(DenseDetector):
         box_coder: BoxCoder | None = None,
         iou_thresholds: tuple[float, float] = (0.4, 0.5),
         allow_low_quality_matches: bool = True,
-        focal_alpha: float = 0.25,
-        focal_gamma: float = 2.0,
         smooth_l1_beta: float = 0.1,
         box_loss: str = "smooth_l1",
-        score_thresh: float = 0.05,
-        topk_candidates: int = 1000,
-        nms_thresh: float = 0.5,
-        detections_per_image: int = 100,
-        input_downsample: int = 1,
+        **common: Any,
     ) -> None:
+        common.setdefault("nms_thresh", 0.5)
         super().__init__(
-            backbone=backbone,
-            head=head,
-            in_features=in_features,
-            strides=strides,
-            num_classes=num_classes,
-            input_downsample=input_downsample,
+            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes, **common
         )
         if anchor_generator is None:
             anchor_generator = AnchorGenerator(strides=self.strides)
@@ -113,14 +99,8 @@ class RetinaNet(DenseDetector):
         self.box_coder = box_coder if box_coder is not None else BoxCoder()
         self.iou_thresholds = (float(low), float(high))
         self.allow_low_quality_matches = allow_low_quality_matches
-        self.focal_alpha = focal_alpha
-        self.focal_gamma = focal_gamma
         self.smooth_l1_beta = smooth_l1_beta
         self.box_loss = box_loss
-        self.score_thresh = score_thresh
-        self.topk_candidates = topk_candidates
-        self.nms_thresh = nms_thresh
-        self.detections_per_image = detections_per_image
 
     # Anchors and assignment ------------------------------------------------------------------
 
