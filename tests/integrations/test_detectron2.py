@@ -27,7 +27,7 @@ from msadkit.engine.datasets import build_dataset, build_loader  # noqa: E402
 from msadkit.engine.metrics_logger import read_metrics  # noqa: E402
 from msadkit.engine.task import DetectionTask  # noqa: E402
 from msadkit.engine.run_evaluation import evaluate_run  # noqa: E402
-from msadkit.engine.trainer import train  # noqa: E402
+from msadkit.engine.trainer import build_training_model, train  # noqa: E402
 from msadkit.modeling.loading import load_model_weights  # noqa: E402
 from msadkit.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 from msadkit.integrations.detectron2 import (  # noqa: E402
@@ -465,7 +465,7 @@ def one_step_losses(cfg, config, *, start_iter=0):
     seed_all_rng(0)
     wrapper = build_d2_model(cfg)
     torch.manual_seed(0)
-    reference = build_model(config)
+    reference = build_training_model(config)  # a Distiller when distill.teacher is set, as the wrapper
     loader, seen = record(build_detection_train_loader(cfg))
     trainer = SimpleTrainer(wrapper.train(), loader, build_d2_optimizer(cfg, wrapper))
     with EventStorage(start_iter) as storage:
