@@ -11,8 +11,9 @@ from torch.utils.data import DataLoader
 
 from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms, generate_synthetic_dataset
 from msadkit.errors import ConfigError
+from msadkit.utils.checkpoint import format_keys
 
-__all__ = ["cache_dir", "synthetic_root", "resolve_data_paths", "build_dataset", "build_loader"]
+__all__ = ["cache_dir", "synthetic_root", "resolve_data_paths", "build_dataset", "check_num_classes", "build_loader"]
 
 
 def cache_dir() -> Path:
@@ -91,7 +92,24 @@ def build_dataset(config: dict[str, Any], split: str, *, train: bool | None = No
             mean=data["pixel_mean"],
             std=data["pixel_std"],
         )
-    return CocoDetectionDataset(paths[f"{split}_json"], paths[f"{split}_images"], transform=transform)
+    dataset = CocoDetectionDataset(paths[f"{split}_json"], paths[f"{split}_images"], transform=transform)
+    check_num_classes(config, dataset)
+    return dataset
+
+
+def check_num_classes(config: dict[str, Any], dataset: CocoDetectionDataset) -> None:
+    """Raise :class:`ConfigError` unless ``model.num_classes`` is the dataset's number of categories.
+
+    The model's label ``i`` is the dataset's ``i``-th category, so any other count trains (or
+    evaluates) a head that cannot name some categories, or names ones that do not exist.
+    """
+    expected = int(config["model"]["num_classes"])
+    if dataset.num_classes != expected:
+        raise ConfigError(
+            f"model.num_classes is {expected} but {dataset.coco_json_path} has {dataset.num_classes} categories "
+            f"({format_keys(dataset.class_names, limit=100)}); set model.num_classes={dataset.num_classes} "
+            "or use annotations with that many categories"
+        )
 
 
 def build_loader(

@@ -11,6 +11,8 @@ from typing import Any
 import lightning as L
 import torch
 
+from msadkit.utils.atomic import write_text_atomic
+
 __all__ = ["PeriodicMetrics", "MetricsJsonlLogger", "read_metrics"]
 
 
@@ -49,11 +51,32 @@ class PeriodicMetrics(L.Callback):
 
 
 class MetricsJsonlLogger(PeriodicMetrics):
-    """Appends one JSON object per report to ``path`` (the run folder's ``metrics.jsonl``)."""
+    """Appends one JSON object per report to ``path`` (the run folder's ``metrics.jsonl``).
+
+    Call :meth:`start` before training, so the file holds each iteration once.
+    """
 
     def __init__(self, path: str | Path, period: int = 20) -> None:
         super().__init__(period)
         self.path = Path(path)
+
+    def start(self, resume_step: int | None) -> None:
+        """Prepare the file for a run: empty for a fresh run; for a run resumed from the checkpoint
+        of iteration ``resume_step``, the records up to that iteration only.
+
+        A process killed after its last checkpoint logged iterations that the resumed run trains
+        again; their records (and a line cut short by the kill) are dropped, atomically.
+        """
+        kept = []
+        if resume_step is not None and self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(record, dict) and isinstance(record.get("iter"), int) and record["iter"] <= resume_step:
+                    kept.append(line + "\n")
+        write_text_atomic(self.path, "".join(kept))
 
     def report(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,8 @@ from msadkit.engine.semi_supervised import build_train_loader
 from msadkit.engine.task import DetectionTask
 from msadkit.errors import ConfigError
 from msadkit.modeling.registry import build_model
-from msadkit.utils.checkpoint import save_atomic
+from msadkit.utils.atomic import remove_stale_temporaries
+from msadkit.utils.checkpoint import checkpoint_step, save_atomic
 from msadkit.utils.run_folder import (
     CHECKPOINT_DIR,
     FINAL_WEIGHTS_NAME,
@@ -31,6 +32,7 @@ from msadkit.utils.run_folder import (
     last_checkpoint,
     write_run_config,
 )
+from msadkit.utils.run_lock import RunLock, check_writable_folder
 
 __all__ = ["train", "build_training_model", "export_weights"]
 
@@ -47,18 +49,47 @@ def _quiet_lightning() -> None:
 _quiet_lightning()
 
 
-def _check_run_dir(run_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from, or None; refuses to overwrite a finished or started run."""
-    checkpoint = last_checkpoint(run_dir)
+# ModelCheckpoint names the periodic checkpoints iter_step=0000123.ckpt.
+ITERATION_CHECKPOINT = "iter_{step:07d}"
+
+
+def _resume_point(run_dir: Path) -> tuple[Path | None, int | None]:
+    """The newest complete checkpoint of a run folder and its step, or ``(None, None)``.
+
+    ``last.ckpt``, or an ``iter_*.ckpt`` of a later step when the process was killed between the
+    two writes (or during the first ``last.ckpt``); files torch cannot read are passed over.
+    """
+    last = last_checkpoint(run_dir)
+    candidates = [last] + sorted(last.parent.glob("iter_*.ckpt")) if last.parent.is_dir() else []
+    best: tuple[Path | None, int | None] = (None, None)
+    for path in candidates:
+        if not path.is_file():
+            continue
+        step = checkpoint_step(path)
+        if step is None:
+            logger.warning("checkpoint %s cannot be read (cut short?); it is not resumed from", path)
+        elif best[1] is None or step > best[1]:
+            best = (path, step)
+    return best
+
+
+def _check_run_dir(run_dir: Path, resume: bool) -> tuple[Path | None, int | None]:
+    """The checkpoint to resume from and its step, or Nones; refuses to overwrite a started run."""
+    checkpoint, step = _resume_point(run_dir)
     if resume:
-        if not checkpoint.is_file():
-            raise ConfigError(f"--resume: no checkpoint to resume from at {checkpoint}")
-        return checkpoint
-    if checkpoint.is_file() or (run_dir / FINAL_WEIGHTS_NAME).is_file():
+        if checkpoint is None:
+            raise ConfigError(
+                f"--resume: no checkpoint to resume from at {last_checkpoint(run_dir)} "
+                "(nor a complete iter_*.ckpt beside it)"
+            )
+        if checkpoint != last_checkpoint(run_dir):
+            logger.info("resuming from %s (iteration %d)", checkpoint, step)
+        return checkpoint, step
+    if checkpoint is not None or (run_dir / FINAL_WEIGHTS_NAME).is_file():
         raise ConfigError(
             f"output_dir {run_dir} already holds a run; pass --resume to continue it or choose another output_dir"
         )
-    return None
+    return None, None
 
 
 def build_training_model(config: dict[str, Any]) -> nn.Module:
@@ -85,7 +116,7 @@ def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callba
     solver = config["solver"]
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
-        filename="iter_{step:07d}",
+        filename=ITERATION_CHECKPOINT,
         every_n_train_steps=max(1, trainer_cfg["checkpoint_period"]),
         save_top_k=1,
         monitor=None,
@@ -100,7 +131,7 @@ def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callba
         max_steps=solver["max_iter"],
         max_epochs=-1,
         gradient_clip_val=solver["clip_grad_norm"] or None,
-        callbacks=[BroadcastBuffersAtEnd(), checkpointing, MetricsJsonlLogger(run_dir / METRICS_NAME, trainer_cfg["log_period"]), *callbacks],
+        callbacks=[BroadcastBuffersAtEnd(), checkpointing, *callbacks],
         # Versioned log folders: a resumed run adds version_1 instead of overwriting version_0.
         logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],
         log_every_n_steps=trainer_cfg["log_period"],
@@ -123,36 +154,56 @@ def train(
 ) -> Path:
     """Train the configured model; write the run folder; return its path.
 
-    Everything that can be checked (config keys, dataset files, checkpoints named by the config) is
-    checked before the run folder is created, so bad input leaves nothing behind. On the first
-    process, after training: ``model_final.pth`` (``{"model": state_dict, "config": config}``),
-    ``eval.json`` and ``summary.json``.
+    Everything that can be checked (an output_dir that cannot be written, config keys, dataset
+    files and their classes, checkpoints named by the config) is checked before anything is written
+    but the run folder's lock; bad input then leaves no run folder behind. The first process holds
+    the lock (``msadkit.utils.run_lock``) for the whole call, so a second process training into
+    the same folder is refused at once. It removes the temporary files that writers killed
+    mid-checkpoint left, starts ``metrics.jsonl`` afresh (or, resuming, keeps its records up to
+    the checkpoint's iteration) and writes ``config.yaml``; after training, ``model_final.pth``
+    (``{"model": state_dict, "config": config}``), ``eval.json`` and ``summary.json``.
 
     Args:
         config: resolved config (``msadkit.config.load_config``).
-        resume: continue from ``output_dir/checkpoints/last.ckpt``: weights, optimiser, scheduler and
+        resume: continue from the newest complete checkpoint of ``output_dir/checkpoints``
+            (``last.ckpt``, or a later readable ``iter_*.ckpt``): weights, optimiser, scheduler and
             iteration counter come from the checkpoint.
         callbacks: extra Lightning callbacks.
         evaluate: evaluate on the validation split at the end.
     """
     run_dir = Path(config["output_dir"]).expanduser()
-    resume_from = _check_run_dir(run_dir, resume)
+    # Before anything is built: a path that cannot be written is one line, not a traceback later.
+    check_writable_folder(run_dir)
     L.seed_everything(int(config["trainer"]["seed"]), workers=True, verbose=False)
-    train_set = build_dataset(config, "train")
-    # Plain, or alternating with teacher pseudo-labels when data.pseudo_labels_json is set (SAD).
-    train_loader = build_train_loader(config, train_set)
-    val_set = build_dataset(config, "val") if evaluate else None
-    model = build_training_model(config)
-    if config["trainer"]["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    task = DetectionTask(model, config)
-    trainer = _trainer(config, run_dir, callbacks)
-    if trainer.is_global_zero:
-        write_run_config(run_dir, config)
-    trainer.fit(task, train_dataloaders=train_loader, ckpt_path=resume_from)
-    if trainer.is_global_zero:
-        save_atomic({"model": export_weights(model), "config": config}, run_dir / FINAL_WEIGHTS_NAME)
-        if evaluate:
-            device = next(model.parameters()).device
-            evaluate_model(model, config, run_dir, dataset=val_set, device=device)
+    metrics = MetricsJsonlLogger(run_dir / METRICS_NAME, config["trainer"]["log_period"])
+    # The Trainer writes nothing when built, and knows this process's rank (DDP, several nodes).
+    trainer = _trainer(config, run_dir, [metrics, *callbacks])
+    # Rank 0 alone trains into the folder and holds its lock; the other ranks write nothing there.
+    lock = RunLock(run_dir).acquire() if trainer.is_global_zero else None
+    try:
+        if trainer.is_global_zero:
+            # Under the lock no other process writes there: temporaries are from killed writers.
+            remove_stale_temporaries(run_dir / CHECKPOINT_DIR)
+        resume_from, resume_step = _check_run_dir(run_dir, resume)
+        train_set = build_dataset(config, "train")
+        # Plain, or alternating with teacher pseudo-labels when data.pseudo_labels_json is set (SAD).
+        train_loader = build_train_loader(config, train_set)
+        val_set = build_dataset(config, "val") if evaluate else None
+        model = build_training_model(config)
+        if config["trainer"]["channels_last"]:
+            model = model.to(memory_format=torch.channels_last)
+        task = DetectionTask(model, config)
+        if trainer.is_global_zero:
+            metrics.start(resume_step)
+            write_run_config(run_dir, config)
+        trainer.fit(task, train_dataloaders=train_loader, ckpt_path=resume_from)
+        if trainer.is_global_zero:
+            save_atomic({"model": export_weights(model), "config": config}, run_dir / FINAL_WEIGHTS_NAME)
+            if evaluate:
+                device = next(model.parameters()).device
+                evaluate_model(model, config, run_dir, dataset=val_set, device=device)
+    finally:
+        if lock is not None:
+            # Also removes the run folder if this call created it and wrote nothing into it.
+            lock.release()
     return run_dir

@@ -12,7 +12,7 @@ from torch import nn
 from msadkit.errors import CheckpointError
 from msadkit.utils.atomic import atomic_write
 
-__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict", "key_problems", "format_keys"]
+__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict", "key_problems", "format_keys", "checkpoint_step"]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -39,6 +39,24 @@ def load_checkpoint_file(path: str | os.PathLike) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"checkpoint file {path} holds a {type(data).__name__}, expected a dict")
     return data
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The ``global_step`` of a complete Lightning checkpoint; None when the file cannot be read.
+
+    The file is memory-mapped, so checking even a large checkpoint reads little of it; a file that
+    an interrupted writer cut short (an incomplete zip archive) fails to open.
+    """
+    try:
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        except RuntimeError:
+            # Files in torch's legacy (non-zip) format cannot be memory-mapped.
+            data = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:  # torch raises many types for unreadable files
+        return None
+    step = data.get("global_step") if isinstance(data, dict) else None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 def format_keys(keys: list[str], limit: int = 20) -> str:

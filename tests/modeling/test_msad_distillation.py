@@ -13,7 +13,7 @@ from msadkit.distill.distiller import Distiller
 from msadkit.distill.registry import TERMS
 from msadkit.distill.msad import MSADFeatureLoss
 
-TINY = ["model.fpn.out_channels=32", "model.fcos.num_convs=1", "model.num_classes=3"]
+TINY = ["model.fpn.out_channels=32", "model.fcos.num_convs=1"]
 
 
 def student_config(teacher, *overrides):
