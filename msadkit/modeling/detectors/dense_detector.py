@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from msadkit.errors import InputError
+from msadkit.modeling.detectors.postprocess import select_detections
 from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.outputs import DenseOutputs, TeacherOutputs
 
@@ -177,6 +178,20 @@ class DenseDetector(nn.Module):
         return None
 
     # Training and inference --------------------------------------------------------------------
+
+    def select_detections(
+        self, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor], image_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """One image's detections from its per-level candidates (``(Ri, 4)`` boxes, ``(Ri,)`` scores and
+        labels): clipped to ``image_size``, empty boxes dropped, class-wise NMS, the best kept."""
+        return select_detections(
+            torch.cat(boxes),
+            torch.cat(scores),
+            torch.cat(labels),
+            image_size,
+            nms_thresh=self.nms_thresh,
+            detections_per_image=self.detections_per_image,
+        )
 
     def losses(
         self,

@@ -9,7 +9,6 @@ from torch import Tensor, nn
 
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
-from msadkit.modeling.detectors.postprocess import select_detections
 from msadkit.modeling.outputs import DenseOutputs
 from msadkit.modeling.detectors.fcos_targets import (
     DEFAULT_SIZES_OF_INTEREST,
@@ -166,14 +165,5 @@ class FCOS(DenseDetector):
                 boxes_all.append(decode_ltrb(loc[location_idx], reg[i][location_idx]))
                 scores_all.append(scores)
                 labels_all.append(labels)
-            results.append(
-                select_detections(
-                    torch.cat(boxes_all),
-                    torch.cat(scores_all),
-                    torch.cat(labels_all),
-                    image_sizes[i],
-                    nms_thresh=self.nms_thresh,
-                    detections_per_image=self.detections_per_image,
-                )
-            )
+            results.append(self.select_detections(boxes_all, scores_all, labels_all, image_sizes[i]))
         return results

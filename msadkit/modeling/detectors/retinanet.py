@@ -28,7 +28,6 @@ from msadkit.modeling.detectors.anchor_matching import (
 from msadkit.modeling.detectors.anchors import AnchorGenerator
 from msadkit.modeling.detectors.box_coder import BoxCoder
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
-from msadkit.modeling.detectors.postprocess import select_detections
 from msadkit.modeling.outputs import DenseOutputs
 
 __all__ = ["RetinaNet", "AnchorAssignment", "match_anchors", "BACKGROUND", "IGNORE", "BOX_LOSSES"]
@@ -321,14 +320,5 @@ class RetinaNet(DenseDetector):
                 boxes_all.append(self.box_coder.decode(deltas[i][anchor_idx], level_anchors[anchor_idx]))
                 scores_all.append(scores)
                 labels_all.append(candidate_idx % self.num_classes)
-            results.append(
-                select_detections(
-                    torch.cat(boxes_all),
-                    torch.cat(scores_all),
-                    torch.cat(labels_all),
-                    image_sizes[i],
-                    nms_thresh=self.nms_thresh,
-                    detections_per_image=self.detections_per_image,
-                )
-            )
+            results.append(self.select_detections(boxes_all, scores_all, labels_all, image_sizes[i]))
         return results
