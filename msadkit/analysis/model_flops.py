@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msadkit.modeling.backbones.capacity import count_gmacs, msad_capacity
+from msadkit.modeling.backbones.capacity import capacity_of, count_gmacs
 from msadkit.modeling.detectors.dense_detector import DenseDetector, downsample_nearest
+from msadkit.utils.run_folder import summary_fields
 
 __all__ = ["config_flops", "dense_detector_flops_forward"]
 
@@ -78,14 +79,10 @@ def config_flops(config: dict[str, Any], *, height: int | None = None, width: in
     model.eval()
     total = count_gmacs(_Forward(model), images)
     bottom_up = _bottom_up_gmacs(model, images)
-    backbone = config["model"]["backbone"]
+    fields = summary_fields(config)
     capacity = None
-    if backbone["name"] == "slimmable_resnet50":
-        if config["model"]["arch"] == "msad_teacher":
-            role = "teacher"
-        else:
-            role = "low" if config["model"]["resolution"] == "low" else "high"
-        capacity = round(msad_capacity(backbone["width"], role), 3)
+    if fields["backbone"] == "slimmable_resnet50":
+        capacity = round(capacity_of(fields["backbone"], fields["width"], fields["resolution"]), 3)
     return {
         "config_arch": config["model"]["arch"],
         "input": [h, w],

@@ -67,7 +67,7 @@ def read_run_checkpoint(
                     f"{argument}={source}: the run folder has no {needed.name} ({needed} does "
                     "not exist); train that run to the end first"
                 )
-        data = load_checkpoint_file(weights_path) if require_weights else {"model": None}
+        state = load_checkpoint_file(weights_path).get("model") if require_weights else None
         try:
             config = read_run_config(path)
         except ConfigError as exc:
@@ -75,7 +75,7 @@ def read_run_checkpoint(
     elif path.is_file():
         weights_path = path
         data = load_checkpoint_file(path)
-        config = data.get("config")
+        config, state = data.get("config"), data.get("model")
         if not isinstance(config, dict):
             raise CheckpointError(
                 f"{argument}={source}: {path} embeds no 'config'; point {argument} at the "
@@ -85,10 +85,7 @@ def read_run_checkpoint(
         raise CheckpointError(
             f"{argument}={source}: no such run folder or checkpoint file ({path.absolute()} does not exist)"
         )
-    state = data.get("model")
-    if state is None and not require_weights:
-        return complete_config(config), None, str(weights_path)
-    if not isinstance(state, dict):
+    if (require_weights or state is not None) and not isinstance(state, dict):
         raise CheckpointError(f"{argument}={source}: {weights_path} has no 'model' state dict")
     return complete_config(config), state, str(weights_path)
 

@@ -25,7 +25,6 @@ __all__ = [
     "write_json_atomic",
     "write_run_config",
     "read_run_config",
-    "read_json_object",
     "last_checkpoint",
     "summary_fields",
 ]
@@ -64,20 +63,6 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     """The resumable checkpoint of a run folder."""
     return Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
-
-
-def read_json_object(path: str | os.PathLike) -> dict[str, Any]:
-    """A JSON file that must hold an object; one clear error naming the file otherwise."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
