@@ -13,14 +13,14 @@ import torch
 
 from msadkit.utils.atomic import write_text_atomic
 
-__all__ = ["PeriodicMetrics", "MetricsJsonlLogger", "read_metrics"]
+__all__ = ["PeriodicMetrics", "MetricsJsonlLogger", "append_record", "read_metrics"]
 
 
 class PeriodicMetrics(L.Callback):
     """Collects the training metrics every ``period`` iterations (and at the last) on rank 0.
 
     A record holds ``iter`` (the global step after the update), ``time`` (seconds since the fit
-    started), ``lr`` and every value the training step logged under ``train/`` (non-finite values as
+    started), ``lr`` (the learning rate of that update) and every value the training step logged under ``train/`` (non-finite values as
     strings). Subclasses decide what to do with it in :meth:`report`.
     """
 
@@ -32,6 +32,11 @@ class PeriodicMetrics(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._start = time.perf_counter()
 
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+        # The scheduler steps before on_train_batch_end; the record's lr is the one its loss was
+        # computed and its update made with.
+        self._step_lr = trainer.optimizers[0].param_groups[0]["lr"]
+
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
@@ -39,7 +44,7 @@ class PeriodicMetrics(L.Callback):
         if not trainer.is_global_zero or (step % self.period != 0 and step != trainer.max_steps):
             return
         record: dict[str, Any] = {"iter": step, "time": round(time.perf_counter() - self._start, 3)}
-        record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
+        record["lr"] = getattr(self, "_step_lr", trainer.optimizers[0].param_groups[0]["lr"])
         for key, value in trainer.callback_metrics.items():
             if key.startswith("train/"):
                 number = float(value.item() if isinstance(value, torch.Tensor) else value)
@@ -79,9 +84,16 @@ class MetricsJsonlLogger(PeriodicMetrics):
         write_text_atomic(self.path, "".join(kept))
 
     def report(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_record(self.path, record)
+
+
+def append_record(path: str | Path, record: dict[str, Any]) -> None:
+    """Append one record as a JSON line (the training rows, and the validation rows of
+    ``msadkit.engine.validation``); NaN is written as ``NaN``, as in ``eval.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

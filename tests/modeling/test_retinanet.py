@@ -116,13 +116,22 @@ ANCHORS = [
 ]
 
 
-def test_hand_made_ious_are_what_the_case_claims():
+def test_hand_made_ious_are_what_the_case_claims_and_match_as_claimed():
+    # The IoUs come from the independent helper above, not from the package, so the matcher below
+    # is checked against the thresholds the case's comments state.
     assert iou(ANCHORS[1], GT_BOXES[0]) == pytest.approx(0.5)
     assert iou(ANCHORS[2], GT_BOXES[0]) == pytest.approx(100 / 220)
     assert iou(ANCHORS[3], GT_BOXES[0]) == pytest.approx(1 / 3)
     assert iou(ANCHORS[5], GT_BOXES[1]) == pytest.approx(1 / 3)
     assert iou(ANCHORS[6], GT_BOXES[2]) == iou(ANCHORS[7], GT_BOXES[2]) == pytest.approx(1 / 3)
     assert iou(ANCHORS[8], GT_BOXES[2]) == pytest.approx(1 / 6)
+    ious = torch.tensor([[iou(anchor, box) for anchor in ANCHORS] for box in GT_BOXES], dtype=torch.float64)
+    rescued = match_anchors(ious)
+    assert rescued.tolist() == [0, 0, IGNORE, BACKGROUND, BACKGROUND, 1, 2, 2, BACKGROUND]
+    strict = match_anchors(ious, allow_low_quality_matches=False)
+    assert strict.tolist() == [0, 0, IGNORE, BACKGROUND, BACKGROUND, BACKGROUND, BACKGROUND, BACKGROUND, BACKGROUND]
+    # Moving the thresholds moves anchor 2 (IoU 0.4545) between ignored and foreground.
+    assert match_anchors(ious, thresholds=(0.4, 0.45))[2].item() == 0
 
 
 def test_assignment_fg_bg_ignore_and_low_quality_rescue():
