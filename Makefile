@@ -1,12 +1,13 @@
 # Two commands on a fresh machine with Python 3.11 and pip:
 #   make demo   install into .venv, then run the four notebooks on the synthetic dataset (CPU)
 #   make test   install into .venv, then run the test suite
+#   make lab    install into .venv, then open the notebooks in JupyterLab
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-slow clean
+.PHONY: install demo lab test test-slow mutation clean
 
 $(BIN)/.msadkit-installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ install: $(BIN)/.msadkit-installed
 demo: install
 	$(BIN)/msadkit demo --out $(DEMO_OUT)
 
+# JupyterLab on the notebooks folder (kernels run there: relative paths resolve from notebooks/).
+lab: install
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
 test: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
@@ -26,5 +31,12 @@ test-slow: install
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m slow
 
+# Mutation testing of the core modules (pyproject.toml [tool.mutmut]); hours on 2 cores, not in CI.
+# Results and the triage of survivors: docs/testing.md.
+mutation: install
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[test,mutation]"
+	$(BIN)/mutmut run
+	$(BIN)/mutmut results
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache mutants

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines  # noqa: E402
+from common import environment_lines, mean_std  # noqa: E402
 
 HEADING = "## ADL and GID on the synthetic dataset"
 TEACHER = "teacher"
@@ -221,14 +221,6 @@ def load_eval(out: Path, method: str, seed: int | None = None) -> dict[str, floa
     return json.loads((run_dir(out, method, seed) / "eval.json").read_text())
 
 
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
-
-
 def format_table(args: argparse.Namespace) -> str:
     lines = [
         "| model | seeds | " + " | ".join(METRICS) + " | AP gain over baseline |",
@@ -250,8 +242,7 @@ def format_table(args: argparse.Namespace) -> str:
         elif baseline:
             # Paired by seed: the same seed gives the same data order and initialisation.
             diffs = [rows[s]["AP"] - baseline[s] for s in rows if s in baseline]
-            gain = mean_std(diffs).replace(" ± ", " (± ") + ")" if diffs else ""
-            gain = gain if not gain or gain.startswith("-") else "+" + gain
+            gain = mean_std(diffs, signed=True) if diffs else ""
         else:
             gain = ""
         lines.append(f"| {LABELS[method]} | {len(rows)} | " + " | ".join(cells) + f" | {gain} |")
@@ -291,11 +282,15 @@ def write_section(path: Path, body: str) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/adl_gid_effectiveness"), help="folder of the run folders")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trainer.seed values of the students")
     parser.add_argument("--detector", choices=list(CONFIGS), default="fcos", help="family of demo configs")
-    parser.add_argument("--methods", nargs="+", default=list(LABELS), choices=list(LABELS))
+    parser.add_argument(
+        "--methods", nargs="+", default=list(LABELS), choices=list(LABELS), help="students to train"
+    )
     parser.add_argument("--iters", type=int, default=300, help="iterations of every student run")
     parser.add_argument("--teacher-iters", type=int, default=600, help="iterations of the teacher run")
     parser.add_argument("--image-size", type=int, default=256, help="side of the synthetic images")

@@ -24,6 +24,7 @@ __all__ = [
     "environment_lines",
     "interleaved_times",
     "median_ms",
+    "mean_std",
     "ratio_summary",
     "print_header",
     "synthetic_boxes",
@@ -33,10 +34,10 @@ __all__ = [
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--quick``, ``--rounds``, ``--warmup`` and ``--threads``, shared by every script."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds: checks that the script runs")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender (default per script)")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender; None: the script's own number")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender before timing")
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
+        "--threads", type=int, default=None, help="torch intra-op threads; None: torch's own choice"
     )
 
 
@@ -128,6 +129,17 @@ def interleaved_times(
 
 def median_ms(values: Sequence[float]) -> float:
     return 1e3 * statistics.median(values)
+
+
+def mean_std(values: Sequence[float], *, signed: bool = False) -> str:
+    """``"mean ± std"`` over seeds with one decimal; a single value is shown alone (its spread is
+    unknown, not 0.0); NaNs are dropped and nothing left gives ``"n/a"``. ``signed`` writes a sign
+    on the mean (a gain: ``+1.2 ± 0.3``)."""
+    values = [v for v in values if v == v]
+    if not values:
+        return "n/a"
+    mean = f"{statistics.mean(values):+.1f}" if signed else f"{statistics.mean(values):.1f}"
+    return mean if len(values) == 1 else f"{mean} ± {statistics.stdev(values):.1f}"
 
 
 def ratio_summary(times: Mapping[str, Sequence[float]], numerator: str, denominator: str) -> tuple[float, float]:

@@ -121,10 +121,18 @@ def measure(method: str, folder: Path, *, batch: int, size: int, rounds: int, wa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     add_common_arguments(parser)
-    parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["msad", "adl", "gid"])
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=sorted(METHODS),
+        default=["msad", "adl", "gid"],
+        help="methods to time (gid_retinanet, GID on RetinaNet, only when named)",
+    )
+    parser.add_argument("--batch", type=int, default=4, help="images per step")
     parser.add_argument("--size", type=int, default=512, help="square input side, a multiple of 256 (MSAD)")
     args = parser.parse_args()
     if args.quick:

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import mean_std  # noqa: E402
 
 METHODS = {
     # name: (packaged config, the run it needs first)
@@ -145,14 +147,6 @@ def results(out: Path, seeds: list[int]) -> dict[str, list[dict[str, float]]]:
     return table
 
 
-def mean_std(values: list[float]) -> str:
-    values = [v for v in values if v == v]
-    if not values:
-        return "n/a"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f}"
-
-
 def format_table(table: dict[str, list[dict[str, float]]]) -> str:
     lines = ["| model | seeds | " + " | ".join(METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for method, rows in table.items():
@@ -161,23 +155,26 @@ def format_table(table: dict[str, list[dict[str, float]]]) -> str:
     if {"fcos_high", "fcos_low", "msad_student"} <= set(table):
         mean = {m: statistics.mean(r["AP"] for r in table[m]) for m in ("fcos_high", "fcos_low", "msad_student")}
         gap = mean["fcos_high"] - mean["fcos_low"]
-        closed = (mean["msad_student"] - mean["fcos_low"]) / gap if gap else float("nan")
+        # With no gap (or NaN APs) there is no share to report.
+        closed = f"{(mean['msad_student'] - mean['fcos_low']) / gap:.0%}" if gap and gap == gap else "n/a"
         lines.append("")
         lines.append(
             f"AP gap high-res - low-res: {gap:.1f}; student - low-res: "
-            f"{mean['msad_student'] - mean['fcos_low']:+.1f}; share of the gap closed: {closed:.0%}"
+            f"{mean['msad_student'] - mean['fcos_low']:+.1f}; share of the gap closed: {closed}"
         )
     return "\n".join(lines)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/msad_effectiveness"), help="folder of the run folders")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trainer.seed values")
     parser.add_argument("--iters", type=int, default=300, help="iterations of every run")
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at the same time")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--kd-weight", type=float, default=None, help="msad_feature weight (default: the config's)")
+    parser.add_argument("--kd-weight", type=float, default=None, help="msad_feature weight; None keeps the config's")
     parser.add_argument("--ramp-iters", type=int, default=50, help="KD ramp when --kd-weight is given")
     parser.add_argument("--table-only", action="store_true", help="print the table of the finished runs")
     parser.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. solver.batch_size=8")

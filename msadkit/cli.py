@@ -31,9 +31,21 @@ def _command_modules() -> dict[str, ModuleType]:
     return modules
 
 
+def _installed_version() -> str:
+    """The version recorded by the installer (the wheel's or the editable install's metadata)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("msadkit")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msadkit", description="Knowledge distillation for object detection.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks of errors")
+    parser.add_argument("--version", action="version", version=f"msadkit {_installed_version()}",
+                        help="print the installed msadkit version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _command_modules().values():
         module.add_parser(sub)

@@ -15,9 +15,13 @@ def test_help_lists_every_command():
 
 
 def test_configs_lists_packaged_configs(capsys):
+    # One line per config: its name, then its description; the base_* files only with --all.
     assert main(["configs"]) == 0
-    listed = capsys.readouterr().out.split()
-    assert "fcos_demo" in listed and listed == list_packaged_configs()
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert "fcos_demo" in listed
+    assert listed == [name for name in list_packaged_configs() if not name.split("/")[-1].startswith("base_")]
+    assert main(["configs", "--all"]) == 0
+    assert [line.split()[0] for line in capsys.readouterr().out.splitlines()] == list_packaged_configs()
 
 
 def test_data_synth_writes_a_coco_dataset(tmp_path, capsys):

@@ -119,7 +119,9 @@ def retinanet_pipeline(tmp_path_factory, kernel_env):
     """A RetinaNet teacher (01) and an ADL + GID student on labeled and pseudo-labeled images (02, SAD)."""
     root = tmp_path_factory.mktemp("retinanet")
     overrides = [o.replace("=128", "=64").replace("[128]", "[64]") for o in TINY_OVERRIDES if "fpn" not in o]
-    overrides += ["data.synthetic.num_unlabeled=4", "model.retinanet.num_convs=1", "data.size_divisibility=128"]
+    overrides += ["data.synthetic.num_unlabeled=4", "model.retinanet.num_convs=1", "data.size_divisibility=128",
+                  # A 2-iteration teacher detects nothing above the threshold: the SAD path runs anyway.
+                  "data.pseudo_labels_allow_empty=true"]
     teacher = run_notebook(
         "01", root / "teacher", {"config": "adl/retinanet_teacher_demo", "overrides": overrides, "iterations": 2},
         log_output=False,
@@ -133,7 +135,7 @@ def retinanet_pipeline(tmp_path_factory, kernel_env):
     )
     alignment = run_notebook(
         "03", root / "alignment",
-        {"teacher_run": str(root / "teacher"), "student_run": str(root / "students" / "student"), "baseline_run": None,
+        {"teacher_run": str(root / "teacher"), "student_run": str(root / "students" / "student"), "baseline_run": False,
          "image_indices": [0]},
         log_output=False,
     )
@@ -393,6 +395,17 @@ def test_failing_notebook_raises_with_run_folder_and_error(toy_notebook, tmp_pat
         run_notebook(toy_notebook, tmp_path / "bad", {"fail": True, "value": 7}, log_output=False)
     assert str(tmp_path / "bad") in str(caught.value)
     assert not is_finished(tmp_path / "bad")
+    # It recorded a value before failing; a failed run still leaves no results behind.
+    assert not (tmp_path / "bad" / "results.json").exists()
+
+
+def test_alignment_notebook_without_runs_names_the_parameter_and_path_and_writes_nothing(tmp_path, kernel_env):
+    with pytest.raises(NotebookExecutionError) as caught:
+        run_notebook("03_feature_alignment", tmp_path / "03", {"runs_root": str(tmp_path / "nowhere")}, log_output=False)
+    message = str(caught.value)
+    assert "ConfigError: notebook parameter teacher_run=None" in message
+    assert str(tmp_path / "nowhere" / "01_teacher_training") in message
+    assert not (tmp_path / "03" / "results.json").exists()
 
 
 def test_notebook_cli_run_and_sweep(toy_notebook, tmp_path, kernel_env, capsys):

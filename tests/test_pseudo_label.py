@@ -60,8 +60,8 @@ def test_pseudo_labels_are_the_teacher_detections_in_coco_format(tmp_path, teach
     # Recompute image 1's detections by hand: the 64 px image is not resized, only normalised.
     pixels = np.asarray(Image.open(paths["unlabeled_images"] / unlabeled["images"][0]["file_name"]).convert("RGB"))
     image = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)
-    mean = torch.tensor(config["data"]["pixel_mean"]).view(3, 1, 1)
-    std = torch.tensor(config["data"]["pixel_std"]).view(3, 1, 1)
+    mean = torch.tensor(config["model"]["pixel_mean"]).view(3, 1, 1)
+    std = torch.tensor(config["model"]["pixel_std"]).view(3, 1, 1)
     with torch.no_grad():
         (expected,) = model(((image - mean) / std)[None], [(64, 64)])
     written = [a for a in labels["annotations"] if a["image_id"] == 1]

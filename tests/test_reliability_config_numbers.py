@@ -39,8 +39,8 @@ def test_float_key_accepts_scientific_notation_in_a_config_file(tmp_path):
 
 
 def test_float_list_accepts_scientific_notation():
-    config = load_config("fcos_demo", ["data.pixel_std=[1e2, 5.7E1, 57]"])
-    assert config["data"]["pixel_std"] == [100.0, 57.0, 57.0]
+    config = load_config("fcos_demo", ["model.pixel_std=[1e2, 5.7E1, 57]"])
+    assert config["model"]["pixel_std"] == [100.0, 57.0, 57.0]
 
 
 @pytest.mark.parametrize("spelling", ["1e4", "2.5", "1E4", "1_000.0"])

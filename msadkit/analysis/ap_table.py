@@ -48,6 +48,7 @@ from msadkit.utils.run_folder import AP_METRICS, summary_fields
 __all__ = [
     "TABLE_COLUMNS",
     "AP_COLUMNS",
+    "PAPER_COLUMNS",
     "collect_runs",
     "read_run",
     "format_cell",
@@ -70,12 +71,16 @@ TABLE_COLUMNS: tuple[str, ...] = (
     "APs",
     "APm",
     "APl",
+    # Two runs of one recipe (seeds, lengths) give rows that agree on every other column.
+    "run",
 )
 AP_COLUMNS: tuple[str, ...] = AP_METRICS
+# The LaTeX table goes into a paper: the run folder's name stays out of it.
+PAPER_COLUMNS: tuple[str, ...] = tuple(column for column in TABLE_COLUMNS if column != "run")
 
 _TEXT_COLUMNS = ("method", "backbone", "schedule", "role", "resolution", "branch", "run")
 _TWO_DECIMAL_COLUMNS = ("width", "capacity")
-_CSV_EXTRA_COLUMNS = ("branch", "run")
+_CSV_EXTRA_COLUMNS = ("branch",)
 _LATEX_HEADERS = {
     "AP50": "AP$_{50}$",
     "AP75": "AP$_{75}$",
@@ -103,8 +108,8 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], *, compute_capacity: boo
         compute_capacity: fill a missing capacity from backbone, width and resolution.
 
     Returns:
-        One dict per run with every key of :data:`TABLE_COLUMNS` plus ``"branch"`` (the evaluated
-        teacher branch or ``None``) and ``"run"`` (the folder name). AP values are floats (NaN
+        One dict per run with every key of :data:`TABLE_COLUMNS` (``"run"`` is the folder name)
+        plus ``"branch"`` (the evaluated teacher branch or ``None``). AP values are floats (NaN
         when absent); the other columns are ``None`` when unknown.
 
     Raises:
@@ -166,7 +171,7 @@ def table_to_markdown(rows: Sequence[Mapping[str, Any]], *, columns: Sequence[st
     return "\n".join(lines) + "\n"
 
 
-def table_to_latex(rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str] = TABLE_COLUMNS) -> str:
+def table_to_latex(rows: Sequence[Mapping[str, Any]], *, columns: Sequence[str] = PAPER_COLUMNS) -> str:
     """A LaTeX ``tabular`` with booktabs rules (``\\usepackage{booktabs}``); text is escaped."""
     align = "".join("l" if column in _TEXT_COLUMNS else "r" for column in columns)
     header = " & ".join(_LATEX_HEADERS.get(column, _latex_escape(column)) for column in columns)

@@ -33,6 +33,9 @@ _ERROR_CMAP = "magma"
 _GT_COLOUR = "#2ca02c"
 _TEACHER_COLOUR = "#d62728"
 _STUDENT_COLOUR = "#1f77b4"
+# Rows of metrics.jsonl written by the periodic validation: {"iter": i, "val/AP": ..., "val/AP50": ...}.
+_VALIDATION_PREFIX = "val/"
+VALIDATION_KEYS = ("val/AP", "val/AP50")
 
 
 def new_figure(*, figsize: tuple[float, float], tracked: bool = True) -> "Figure":
@@ -50,9 +53,14 @@ def _loss_keys(history: Sequence[Mapping[str, float]]) -> list[str]:
     keys: list[str] = []
     for record in history:
         for key in record:
-            if key not in ("iter", "time", "lr", "loss") and key not in keys:
+            if key not in ("iter", "time", "lr", "loss") and not key.startswith(_VALIDATION_PREFIX) and key not in keys:
                 keys.append(key)
     return keys
+
+
+def _has_validation(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> bool:
+    return any(_finite(record.get(key)) for history in histories.values() for record in history
+               for key in VALIDATION_KEYS)
 
 
 def plot_loss_curves(
@@ -61,17 +69,21 @@ def plot_loss_curves(
     title: str = "training losses",
     tracked: bool = False,
 ) -> "Figure":
-    """Total loss (left) and each loss term (right) against the iteration.
+    """Total loss (left), each loss term (middle) and, when the records hold periodic validation
+    rows, the validation AP (right) against the iteration.
 
     Args:
         histories: run label -> records ``{"iter": ..., "loss": ..., "<term>": ...}`` (the lines of
-            ``metrics.jsonl``). Each run has one colour; on the right each term has its own
+            ``metrics.jsonl``); records ``{"iter": ..., "val/AP": ..., "val/AP50": ...}`` among them
+            add the AP panel. Each run has one colour; on the right each term has its own
             colour and each run its own line style.
         title: figure title.
         tracked: register the figure with pyplot.
     """
-    figure = new_figure(figsize=(13.5, 4.2), tracked=tracked)
-    total_ax, terms_ax = figure.subplots(1, 2)
+    with_validation = _has_validation(histories)
+    figure = new_figure(figsize=(18.5 if with_validation else 13.5, 4.2), tracked=tracked)
+    axes = figure.subplots(1, 3 if with_validation else 2)
+    total_ax, terms_ax = axes[0], axes[1]
     styles = ["-", "--", ":", "-."]
     colours = [f"C{i}" for i in range(10)]
     for run_index, (label, history) in enumerate(histories.items()):
@@ -86,6 +98,20 @@ def plot_loss_curves(
             xs, ys = zip(*points)
             terms_ax.plot(xs, ys, linestyle=styles[run_index % len(styles)], color=colours[term_index % 10],
                           label=f"{key} ({label})" if len(histories) > 1 else key)
+        if with_validation:
+            for key_index, key in enumerate(VALIDATION_KEYS):
+                points = [(r["iter"], float(r[key])) for r in history if _finite(r.get(key))]
+                if points:
+                    xs, ys = zip(*points)
+                    axes[2].plot(xs, ys, marker="o", ms=4, linestyle=styles[key_index % len(styles)],
+                                 color=colours[run_index % 10],
+                                 label=f"{key[len(_VALIDATION_PREFIX):]} ({label})" if len(histories) > 1
+                                 else key[len(_VALIDATION_PREFIX):])
+    if with_validation:
+        axes[2].set(title="validation AP", xlabel="iteration", ylabel="AP (%)")
+        axes[2].set_ylim(bottom=0.0)
+        axes[2].grid(alpha=0.3)
+        axes[2].legend(fontsize=8, loc="upper left")
     total_ax.set(title="total loss", xlabel="iteration", ylabel="loss")
     terms_ax.set(title="loss terms", xlabel="iteration", ylabel="loss")
     for ax in (total_ax, terms_ax):
@@ -101,7 +127,11 @@ def plot_loss_curves(
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ap_value(value: Any) -> float:
+    return float(value) if _finite(value) else math.nan
 
 
 def plot_ap_comparison(
@@ -121,7 +151,8 @@ def plot_ap_comparison(
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(AP_KEYS))
     for index, label in enumerate(labels):
-        values = [float(evaluations[label].get(key, math.nan) or math.nan) for key in AP_KEYS]
+        # 0.0 is a measured AP (drawn as 0.0); only a missing or null value is the "-" mark.
+        values = [_ap_value(evaluations[label].get(key)) for key in AP_KEYS]
         bars = ax.bar(x + (index - (len(labels) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
         for bar, value in zip(bars, values):
             text = "-" if math.isnan(value) else f"{value:.1f}"

@@ -10,11 +10,13 @@ import torch
 
 from msadkit.data import DetectionCollator
 from msadkit.engine.datasets import build_dataset
+from msadkit.engine.model_input import to_model_input
 from msadkit.engine.run_evaluation import evaluate_run
 from msadkit.errors import ConfigError
+from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.utils.run_folder import read_run_config
 
-__all__ = ["load_image_batch", "display_images", "evaluate_msad_branches"]
+__all__ = ["load_image_batch", "count_images", "display_images", "evaluate_msad_branches"]
 
 
 def load_image_batch(
@@ -27,12 +29,12 @@ def load_image_batch(
     """A padded batch of dataset images with the config's test transform.
 
     Args:
-        config: a resolved config (its ``data`` section: dataset, sizes, normalisation, padding).
+        config: a resolved config (its ``data`` section: dataset, sizes, padding; ``model.pixel_*``).
         split: ``"val"`` or ``"train"``.
         indices: dataset indices of the images.
 
     Returns:
-        A ``DetectionBatch`` (``images (N, 3, H, W)``, ``image_sizes``, ``targets`` with boxes in
+        A ``DetectionBatch`` (``images (N, 3, H, W)`` normalised floats on ``device``, ``image_sizes``, ``targets`` with boxes in
         the resized image's pixels).
 
     Raises:
@@ -45,14 +47,17 @@ def load_image_batch(
             f"image indices {list(indices)} must be non-empty and within the {len(dataset)} images of the {split} split"
         )
     collate = DetectionCollator(config["data"]["size_divisibility"])
-    return collate([dataset[int(i)] for i in indices]).to(device)
+    return to_model_input(collate([dataset[int(i)] for i in indices]), pixel_normalizer(config), device)
+
+
+def count_images(config: dict[str, Any], *, split: str = "val") -> int:
+    """How many images the config's ``split`` holds (valid indices are ``0 .. count - 1``)."""
+    return len(build_dataset(config, split, train=False))
 
 
 def display_images(images: torch.Tensor, config: dict[str, Any]) -> np.ndarray:
     """Undo the normalisation of a batch: ``(N, 3, H, W)`` -> ``(N, H, W, 3)`` floats in ``[0, 1]``."""
-    mean = torch.tensor(config["data"]["pixel_mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(config["data"]["pixel_std"], dtype=torch.float32).view(1, 3, 1, 1)
-    pixels = images.detach().float().cpu() * std + mean
+    pixels = pixel_normalizer(config).inverse(images.detach().float().cpu())
     return (pixels / 255.0).clamp(0, 1).permute(0, 2, 3, 1).numpy()
 
 

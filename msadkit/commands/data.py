@@ -10,11 +10,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     data_sub = p.add_subparsers(dest="data_command", required=True)
     s = data_sub.add_parser("synth", help="generate the embedded synthetic multi-scale dataset")
     s.add_argument("--out", required=True, help="dataset folder")
-    s.add_argument("--num-train", type=int, default=256)
-    s.add_argument("--num-val", type=int, default=64)
-    s.add_argument("--num-unlabeled", type=int, default=0)
-    s.add_argument("--image-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-train", type=int, default=256, help="training images (default 256)")
+    s.add_argument("--num-val", type=int, default=64, help="validation images (default 64)")
+    s.add_argument("--num-unlabeled", type=int, default=0,
+                   help="images of the unlabeled split for semi-supervised ADL/SAD (default 0: no such split)")
+    s.add_argument("--image-size", type=int, default=256, help="side of the square images in pixels (default 256)")
+    s.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:

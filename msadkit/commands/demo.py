@@ -2,9 +2,11 @@
 
 MSAD end to end: the multi-scale teacher (01), the low-resolution student distilled from it and the
 same student trained without a teacher (02), their feature alignment (03) and the AP table (04).
-Every model trains for the packaged demo configs' 300 iterations: the whole demo then fits in about
-ten minutes on two CPU cores, and every model learns (AP well above the zero an untrained detector
-scores). Set ``OMP_NUM_THREADS=1`` on a machine whose cores are shared with other work: PyTorch's
+Every model trains for the packaged demo configs' 300 iterations: the whole demo then takes about
+8.5 minutes of CPU time on one thread (benchmarks/RESULTS.md, "End-to-end CPU demo"), and every
+model learns (AP well above the zero an untrained detector scores). ``--iterations N`` shortens
+every training run with the rule of ``msadkit train --iterations``, for a quick look at the
+pipeline. Set ``OMP_NUM_THREADS=1`` on a machine whose cores are shared with other work: PyTorch's
 CPU threads slow down many times over when they wait for busy cores.
 """
 
@@ -58,13 +60,20 @@ def demo_plan(
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the four notebooks on the embedded dataset on CPU (MSAD end to end, about 10 minutes)",
+        help="run the four notebooks on the embedded dataset on CPU (MSAD end to end, about 8.5 minutes of CPU time)",
         description="Teacher training, student distillation, feature alignment and the AP table on the embedded "
         "synthetic dataset, on the CPU. Finished steps are skipped when the demo is run again. On a machine "
         "whose cores are busy with other work, run it as `OMP_NUM_THREADS=1 msadkit demo`.",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     p.add_argument("--force", action="store_true", help="execute every notebook again (training runs are still reused)")
+    p.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        help="train the teacher and both students for N iterations instead of 300, scaling warm-up and LR steps "
+        "(a quick run; the AP table labels its schedule demo-Nit)",
+    )
     p.add_argument("--teacher-iterations", type=int, default=DEMO_TEACHER_ITERATIONS, help=argparse.SUPPRESS)
     p.add_argument("--student-iterations", type=int, default=DEMO_STUDENT_ITERATIONS, help=argparse.SUPPRESS)
 
@@ -73,7 +82,14 @@ def run(args: argparse.Namespace) -> int:
     from msadkit.notebook.runner import run_notebook
 
     start = time.perf_counter()
-    plan = demo_plan(args.out, teacher_iterations=args.teacher_iterations, student_iterations=args.student_iterations)
+    teacher_iterations, student_iterations = args.teacher_iterations, args.student_iterations
+    if args.iterations is not None:
+        from msadkit.errors import ConfigError
+
+        if args.iterations < 1:
+            raise ConfigError(f"--iterations must be >= 1, got {args.iterations}")
+        teacher_iterations = student_iterations = args.iterations
+    plan = demo_plan(args.out, teacher_iterations=teacher_iterations, student_iterations=student_iterations)
     results = {}
     for step, (notebook, run_dir, parameters) in enumerate(plan, start=1):
         print(f"[{step}/{len(plan)}] {notebook} -> {run_dir}", flush=True)

@@ -94,6 +94,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     actions = p.add_subparsers(dest="notebook_command", required=True)
     actions.add_parser("list", help="list the notebooks and their parameters")
 
+    copy_p = actions.add_parser(
+        "copy",
+        help="copy the notebooks into a folder (to open in JupyterLab after installing the wheel)",
+        description="Copy the kit's notebooks into DIR. `msadkit notebook run DIR/01_teacher_training.ipynb` runs a "
+        "copy; edits to the copies stay yours.",
+    )
+    copy_p.add_argument("dir", help="folder to copy the notebooks into (created if needed)")
+    copy_p.add_argument("--force", action="store_true", help="replace notebooks of the same names already in DIR")
+
     run_p = actions.add_parser("run", help="execute one notebook into a run folder")
     run_p.add_argument(
         "name", help="notebook name or number (01_teacher_training, 01, teacher_training) or .ipynb path"
@@ -117,6 +126,12 @@ def run(args: argparse.Namespace) -> int:
     from msadkit.notebook.runner import list_notebooks, notebook_parameters, resolve_notebook, run_notebook
     from msadkit.notebook.sweep import SweepError, run_sweep
 
+    if args.notebook_command == "copy":
+        from msadkit.notebook.copies import copy_notebooks
+
+        for path in copy_notebooks(args.dir, overwrite=args.force):
+            print(path)
+        return 0
     if args.notebook_command == "list":
         for name in list_notebooks():
             print(name)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+
+from msadkit.utils.device import DEVICE_HELP
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", help="folder of the file_name entries of an --images json (default: its folder)")
     p.add_argument("--score-threshold", type=float, default=0.4, help="minimum detection score kept (default 0.4)")
     p.add_argument("--out", required=True, help="the COCO json to write")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--batch-size", type=int, help="images per forward pass (default trainer.eval_batch_size)")
 
 
@@ -59,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
     from msadkit.engine.datasets import resolve_data_paths
     from msadkit.engine.semi_supervised import generate_pseudo_labels
     from msadkit.errors import ConfigError
+    from msadkit.utils.device import resolve_device
 
+    device = resolve_device(args.device)
     model, config = _load_teacher(args)
     images, image_root = args.images, args.image_root
     if images is None:
@@ -77,11 +82,22 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         image_root=image_root,
         score_threshold=args.score_threshold,
-        device=args.device,
+        device=device,
         batch_size=args.batch_size,
     )
     print(
         f"{summary['num_annotations']} pseudo-labels on {summary['num_images']} images written to {summary['path']} "
         f"(images in {summary['image_root']})"
     )
+    if summary["num_annotations"] == 0:
+        from msadkit.engine.pseudo_label_check import empty_pseudo_labels_message
+
+        teacher = args.teacher or args.weights
+        message = empty_pseudo_labels_message(summary["path"], args.score_threshold, teacher)
+        # A warning, not an error: the file is valid; the SAD run refuses it unless told otherwise.
+        print(
+            f"msadkit pseudo-label: warning: {message}; a SAD run refuses this file unless "
+            "data.pseudo_labels_allow_empty=true",
+            file=sys.stderr,
+        )
     return 0

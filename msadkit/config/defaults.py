@@ -43,6 +43,12 @@ DEFAULTS: dict[str, Any] = {
         },
         # Which input the detector sees: high (the resized image) or low (its 0.5x copy).
         "resolution": "high",
+        # Input convention, applied on the training device to the raw uint8 batch (PixelNormalizer):
+        # rgb with ImageNet mean/std (torchvision), or bgr with 103.53/116.28/123.675 and std 1
+        # (detectron2 and the original MSAD code). Mean and std are in the model's channel order.
+        "pixel_format": "rgb",
+        "pixel_mean": [123.675, 116.28, 103.53],
+        "pixel_std": [58.395, 57.12, 57.375],
         "fcos": {
             "num_convs": 4,
             "norm": "GN",
@@ -54,6 +60,16 @@ DEFAULTS: dict[str, Any] = {
             "topk_candidates": 1000,
             "nms_thresh": 0.6,
             "detections_per_image": 100,
+            # Added to intersection and union of the GIoU loss on stride-normalised boxes; the
+            # MSAD code uses 1 (docs/deviations.md).
+            "giou_smoothing": 0.0,
+            # Bias on the tower convs: null = only without a norm layer; true = the MSAD/FCOS code
+            # (needed to load their weights).
+            "tower_conv_bias": None,
+            # Post-processing order: clip and drop empty boxes, then NMS and the top detections
+            # (true); false = the MSAD code (NMS on unclipped boxes, top detections with ties,
+            # then clip and drop empty).
+            "clip_before_nms": True,
         },
         "retinanet": {
             "num_convs": 4,
@@ -99,14 +115,15 @@ DEFAULTS: dict[str, Any] = {
         "test_max_size": 1333,
         "flip_prob": 0.5,
         "size_divisibility": 32,
-        "pixel_mean": [123.675, 116.28, 103.53],
-        "pixel_std": [58.395, 57.12, 57.375],
         "num_workers": 2,
         # Semi-supervised distillation (ADL/SAD): a COCO json of teacher pseudo-labels
         # (`msadkit pseudo-label`) and its image folder; training then alternates labeled batches
         # with batches drawn from labeled + pseudo-labeled images.
         "pseudo_labels_json": None,
         "pseudo_labels_images": None,
+        # A pseudo-label file without a single box (a weak teacher, a high score threshold) stops
+        # the run; true trains on it anyway (its batches are then background only).
+        "pseudo_labels_allow_empty": False,
     },
     "solver": {
         # Images per process.
@@ -132,11 +149,35 @@ DEFAULTS: dict[str, Any] = {
         # 32-true | bf16-mixed | 16-mixed
         "precision": "32-true",
         "channels_last": False,
+        # Wrap the trained model (the student of a distiller, never the frozen teacher) in torch.compile.
+        "compile": False,
         "checkpoint_period": 1000,
         "log_period": 20,
         "eval_batch_size": 8,
         "seed": 0,
         "progress_bar": True,
+        # Stop a diverging run (msadkit.engine.training_health): a total loss above `factor` x the
+        # median of its first `reference_iters` finite iterations, or a parameter non-finite or
+        # larger in magnitude than `max_abs_param` (checked every `param_check_period` iterations
+        # and before every checkpoint).
+        "divergence": {
+            "enabled": True,
+            "reference_iters": 20,
+            "factor": 100.0,
+            "max_abs_param": 1.0e5,
+            "param_check_period": 10,
+        },
+        # Evaluate on the validation split every N iterations (0: only once, after training): rows
+        # {"iter", "val/AP", ...} in metrics.jsonl and the loggers, the best weights in model_best.pth.
+        "eval_period": 0,
+        # COCO evaluator: pycocotools | faster_coco_eval (optional extra msadkit[fast-eval]).
+        "eval_backend": "pycocotools",
+        # Any of csv, tensorboard, mlflow (extra msadkit[mlflow]), wandb (extra msadkit[wandb]).
+        "loggers": ["csv", "tensorboard"],
+        # tracking_uri None: $MLFLOW_TRACKING_URI, else the file store "mlruns" beside the run folder.
+        "mlflow": {"tracking_uri": None, "experiment": "msadkit"},
+        # entity None: the W&B account's default; WANDB_MODE=offline and WANDB_DIR work as usual.
+        "wandb": {"project": "msadkit", "entity": None},
     },
     "distill": {
         # Run folder of the teacher (its config.yaml and model_final.pth), or a model_final.pth

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 import yaml
 
 from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
+from msadkit.config.run_length import schedule_label
 from msadkit.errors import ConfigError
 
 __all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config", "complete_config", "parse_number"]
@@ -201,6 +202,8 @@ def load_config(name: str | Path | None = None, overrides: Iterable[str] = ()) -
         name: a YAML path or a packaged config name (see :func:`list_packaged_configs`); None
             gives the defaults.
         overrides: strings ``dotted.key=value``; values are parsed as YAML (``[1, 2]``, ``0.5``).
+            When they change ``solver.max_iter`` and leave ``schedule`` alone, the schedule label
+            gets the run length as a suffix (``demo`` -> ``demo-30it``).
 
     Raises:
         ConfigError: a missing file, invalid YAML, an unknown key or a value of the wrong type.
@@ -209,9 +212,15 @@ def load_config(name: str | Path | None = None, overrides: Iterable[str] = ()) -
     if name is not None:
         for path, data in _load_file_chain(resolve_config_path(name)):
             _merge(config, data, DEFAULTS, str(path))
+    file_max_iter, labelled = config["solver"]["max_iter"], False
     for text in overrides:
         path, value = parse_override(text)
         _merge(config, _nest(path, value), DEFAULTS, f"override '{text}'")
+        labelled = labelled or path == ["schedule"]
+    # A run shortened (or lengthened) on the command line is not the file's schedule; an explicit
+    # schedule=... override still wins.
+    if config["solver"]["max_iter"] != file_max_iter and not labelled:
+        config["schedule"] = schedule_label(config["schedule"], config["solver"]["max_iter"])
     return config
 
 

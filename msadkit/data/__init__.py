@@ -4,10 +4,7 @@ from msadkit.data.batching import DetectionBatch, DetectionCollator, collate_det
 from msadkit.data.coco_dataset import CocoDetectionDataset
 from msadkit.data.synthetic import CLASS_NAMES, SyntheticDataset, generate_synthetic_dataset
 from msadkit.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Compose,
-    Normalize,
     RandomHorizontalFlip,
     ResizeShortSide,
     build_transforms,
@@ -15,13 +12,10 @@ from msadkit.data.transforms import (
 
 __all__ = [
     "CLASS_NAMES",
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "CocoDetectionDataset",
     "Compose",
     "DetectionBatch",
     "DetectionCollator",
-    "Normalize",
     "RandomHorizontalFlip",
     "ResizeShortSide",
     "SyntheticDataset",

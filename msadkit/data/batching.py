@@ -22,8 +22,9 @@ class DetectionBatch:
     """A batch of images padded to a common size, with their targets.
 
     Attributes:
-        images: ``(N, 3, H, W)``, zero padded at the bottom and right; ``H`` and ``W`` are multiples
-            of the size divisibility used when collating.
+        images: ``(N, 3, H, W)`` raw uint8 RGB from the data pipeline, zero padded at the bottom and
+            right; ``H`` and ``W`` are multiples of the size divisibility used when collating. The
+            model's ``PixelNormalizer`` turns it into normalised floats on the training device.
         image_sizes: ``(height, width)`` of the valid region of each image.
         targets: one dict per image, as produced by the dataset and its transforms
             (``"boxes"`` ``(M, 4)``, ``"labels"`` ``(M,)``, ``"image_id"``, ``"orig_size"``, ``"scale"``).
@@ -63,8 +64,9 @@ def collate_detection(
     """Stack ``(image, target)`` samples into a :class:`DetectionBatch`.
 
     Images are copied into the top-left corner of a zero tensor whose height and width are the
-    largest in the batch rounded up to a multiple of ``size_divisibility``. Zero padding after
-    normalisation corresponds to the mean colour, as in detectron2.
+    largest in the batch rounded up to a multiple of ``size_divisibility``. The zeros of a uint8
+    batch are black; ``PixelNormalizer`` resets the padding to 0 after normalising (the mean colour,
+    as in detectron2, which pads after normalising).
 
     Args:
         samples: ``(image (3, Hi, Wi), target)`` pairs, all images of one dtype.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,12 +13,55 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from torchvision.io import ImageReadMode, decode_image, read_file
 
 from msadkit.errors import DatasetError
 
-__all__ = ["CocoDetectionDataset", "Transform"]
+# torchvision 0.29 announces that its decoders move to TorchCodec; they are still the fastest
+# uint8 JPEG/PNG path available without another dependency, so the notice is not repeated per image.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
+
+__all__ = ["CocoDetectionDataset", "SampleError", "Transform", "decode_rgb"]
 
 Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
+
+
+class SampleError(DatasetError):
+    """A sample that cannot be loaded; its one-line message survives a data-loader worker.
+
+    torch re-raises a worker's exception in the training process as ``type(exc)(text)``, where
+    ``text`` is "Caught SampleError in DataLoader worker process N." followed by the worker's whole
+    traceback; this constructor takes the original message back from that traceback's last line.
+    """
+
+    def __init__(self, message: str) -> None:
+        first_line, _, rest = message.partition("\n")
+        marker = f"{type(self).__name__}: "
+        if first_line.startswith("Caught ") and "worker" in first_line and marker in rest:
+            last_line = rest.rstrip().rsplit("\n", 1)[-1]
+            message = last_line.split(marker, 1)[1] if marker in last_line else message
+        super().__init__(message)
+
+
+def decode_rgb(path: Path) -> Tensor:
+    """The image file at ``path`` as uint8 RGB ``(3, H, W)``; :class:`DatasetError` if it cannot be decoded.
+
+    JPEG, PNG, WebP and GIF go through torchvision's decoders straight into a uint8 tensor (no
+    float copy in the worker); grayscale, palette, CMYK and RGBA become RGB (alpha is dropped).
+    Formats torchvision does not read, and 16-bit PNGs, fall back to PIL's ``convert("RGB")``.
+    """
+    try:
+        pixels = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        if pixels.dtype == torch.uint8:
+            return pixels
+    except RuntimeError:
+        pass
+    try:
+        with Image.open(path) as pil:
+            array = np.array(pil.convert("RGB"), dtype=np.uint8)
+    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
+        raise DatasetError(f"image file {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _is_number(value: Any) -> bool:
@@ -167,32 +211,33 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
         return len(self._images)
 
     def load_image(self, index: int) -> Tensor:
-        """Decode image ``index`` as float32 RGB ``(3, H, W)`` in ``0..255``."""
+        """Decode image ``index`` as uint8 RGB ``(3, H, W)``."""
         record = self._images[index]
         path = record["path"]
-        try:
-            with Image.open(path) as pil:
-                # Grayscale, palette, CMYK and RGBA all become plain RGB (alpha is dropped).
-                pixels = np.asarray(pil.convert("RGB"), dtype=np.float32)
-        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
-            raise DatasetError(f"image file {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
-        height, width = pixels.shape[:2]
+        pixels = decode_rgb(path)
+        height, width = pixels.shape[-2:]
         json_h, json_w = record["size"]
         if (json_h is not None and json_h != height) or (json_w is not None and json_w != width):
             raise DatasetError(
                 f"image file {path} is {height}x{width} (h x w) but annotation file {self.coco_json_path} "
                 f"says {json_h}x{json_w} for image id {record['id']}"
             )
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+        return pixels
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
-        """Image ``(3, H, W)`` float32 RGB in 0..255 and its target.
+        """Image ``(3, H, W)`` uint8 RGB and its target.
 
         The target holds ``"boxes"`` ``(M, 4)`` float32 absolute ``(x1, y1, x2, y2)``, ``"labels"``
         ``(M,)`` int64 contiguous, ``"image_id"`` int, ``"orig_size"`` ``(h, w)`` and ``"scale"``
         (1.0, multiplied by resizing transforms).
+
+        Raises:
+            SampleError: the image cannot be decoded or does not match the annotation file.
         """
-        image = self.load_image(index)
+        try:
+            image = self.load_image(index)
+        except DatasetError as exc:
+            raise SampleError(str(exc)) from None
         height, width = image.shape[-2:]
         image_id = self._images[index]["id"]
         boxes = torch.tensor(self._boxes[image_id], dtype=torch.float32).reshape(-1, 4)

@@ -11,6 +11,8 @@ from the (pseudo-)ground truth alone. Locations the student's own assignment ign
 best IoU in ``[0.4, 0.5)``) are left out, which is why pseudo-labels matter on unlabeled images.
 ``reduction: batch`` (default) divides the batch's sum by the batch's sum of ``q^power``, as the
 original code does on each GPU; ``reduction: image`` averages per-image losses.
+``normalizer: valid`` (default) sums ``q^power`` over the rows the loss sums; ``normalizer: all``
+sums it over every row, ignored anchors included, as the original ``PowSum`` op does.
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
 
-__all__ = ["adaptive_distillation_loss", "AdaptiveDistillationTerm", "REDUCTIONS", "build_adl_term", "OPTIONS"]
+__all__ = [
+    "adaptive_distillation_loss",
+    "AdaptiveDistillationTerm",
+    "REDUCTIONS",
+    "NORMALIZERS",
+    "build_adl_term",
+    "OPTIONS",
+]
+
+# Rows whose teacher probabilities enter the normaliser: the valid rows the loss sums ("valid"),
+# or all rows, ignored anchors included ("all", the original PowSum over every probability).
+NORMALIZERS = ("valid", "all")
 
 
 def _check_arguments(
@@ -39,6 +52,7 @@ def _check_arguments(
     gamma: float,
     valid: Tensor | None,
     power: float,
+    normalizer: str = "valid",
 ) -> None:
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
@@ -65,6 +79,8 @@ def _check_arguments(
         raise ValueError(f"adaptive_distillation_loss: beta must be <= 1, got beta={beta}")
     if power < 0:
         raise ValueError(f"adaptive_distillation_loss: power must be >= 0, got power={power}")
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"adaptive_distillation_loss: normalizer must be one of {NORMALIZERS}, got {normalizer!r}")
     if valid is not None:
         if valid.dtype != torch.bool or valid.shape != student_logits.shape[:1]:
             raise ValueError(
@@ -97,6 +113,7 @@ def adaptive_distillation_loss(
     gamma: float = 2.0,
     valid: Tensor | None = None,
     power: float = 1.8,
+    normalizer: str = "valid",
 ) -> Tensor:
     """Adaptive distillation loss between sigmoid classification logits.
 
@@ -110,7 +127,7 @@ def adaptive_distillation_loss(
         loss     = -weight * [alpha q log p + (1 - alpha)(1 - q) log(1 - p)]
 
     The result is the sum over the valid rows and all classes divided by
-    ``max(sum of q^power over the valid rows and classes, 1)``.
+    ``max(sum of q^power over the rows ``normalizer`` names and all classes, 1)``.
 
     ``beta`` follows the convention of the original code, where the adaptive weight is built from
     ``CE - beta * H``; the paper writes ``KL + beta_paper * H``, so ``beta_paper = 1 - beta``. The
@@ -128,24 +145,34 @@ def adaptive_distillation_loss(
         alpha: weight of the positive term ``q log p``; ``1 - alpha`` weighs the negative term.
         beta: entropy coefficient in the code convention (see above), at most 1.
         gamma: focusing exponent of the adaptive weight, ``>= 0``; 0 gives a weight of 1.
-        valid: optional bool ``(N,)``; ``False`` rows (e.g. ignored anchors) are left out of both
-            the sum and the normaliser. ``None`` keeps every row.
+        valid: optional bool ``(N,)``; ``False`` rows (e.g. ignored anchors) are left out of the
+            sum, and of the normaliser unless ``normalizer="all"``. ``None`` keeps every row.
         power: exponent of the teacher probabilities in the normaliser.
+        normalizer: ``"valid"`` sums ``q^power`` over the valid rows only; ``"all"`` over every
+            row, as the original op does (ignored anchors enlarge the normaliser there).
 
     Returns:
         Scalar loss tensor (fp32, or fp64 for fp64 inputs).
 
     Raises:
         ValueError: on mismatched or non-2-D shapes, a bad ``valid`` mask, ``gamma < 0``,
-            ``alpha`` outside ``[0, 1]``, ``beta > 1`` or ``power < 0``.
+            ``alpha`` outside ``[0, 1]``, ``beta > 1``, ``power < 0`` or an unknown ``normalizer``.
     """
     _check_arguments(
-        student_logits, teacher_logits, alpha=alpha, beta=beta, gamma=gamma, valid=valid, power=power
+        student_logits,
+        teacher_logits,
+        alpha=alpha,
+        beta=beta,
+        gamma=gamma,
+        valid=valid,
+        power=power,
+        normalizer=normalizer,
     )
     compute_dtype = torch.promote_types(student_logits.dtype, torch.float32)
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         student = student_logits.to(compute_dtype)
         teacher = teacher_logits.detach().to(compute_dtype)
+        all_rows_power = torch.sigmoid(teacher).pow(power).sum() if normalizer == "all" else None
         if valid is not None:
             student = student[valid]
             teacher = teacher[valid]
@@ -166,13 +193,20 @@ def adaptive_distillation_loss(
 
         balanced_ce = -(alpha * q * log_p + (1.0 - alpha) * not_q * log_not_p)
         total = (weight * balanced_ce).sum()
-        normalizer = q.pow(power).sum().clamp_min(1.0)
-        return total / normalizer
+        power_sum = q.pow(power).sum() if all_rows_power is None else all_rows_power
+        return total / power_sum.clamp_min(1.0)
 
 
 REDUCTIONS = ("batch", "image")
 # Options of a ``type: adl`` entry and their defaults (the released configs' values, docs/methods.md §2.5).
-OPTIONS: dict[str, Any] = {"alpha": 0.5, "beta": 0.0, "gamma": 2.0, "power": 1.8, "reduction": "batch"}
+OPTIONS: dict[str, Any] = {
+    "alpha": 0.5,
+    "beta": 0.0,
+    "gamma": 2.0,
+    "power": 1.8,
+    "reduction": "batch",
+    "normalizer": "valid",
+}
 
 
 class AdaptiveDistillationTerm(DistillationLoss):
@@ -187,6 +221,8 @@ class AdaptiveDistillationTerm(DistillationLoss):
         power: exponent of the teacher probabilities in the normaliser.
         reduction: ``"batch"`` (one normaliser for the batch) or ``"image"`` (mean of per-image
             losses).
+        normalizer: ``"valid"`` or ``"all"`` rows in the normaliser (see
+            :func:`adaptive_distillation_loss`).
     """
 
     needs_teacher_predictions = True
@@ -201,12 +237,14 @@ class AdaptiveDistillationTerm(DistillationLoss):
         gamma: float = 2.0,
         power: float = 1.8,
         reduction: str = "batch",
+        normalizer: str = "valid",
     ) -> None:
         super().__init__(name=name, weight=weight)
         if reduction not in REDUCTIONS:
             raise ValueError(f"AdaptiveDistillationTerm: reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.alpha, self.beta, self.gamma, self.power = float(alpha), float(beta), float(gamma), float(power)
         self.reduction = reduction
+        self.normalizer = normalizer
         # A one-element call runs the loss's own argument checks now rather than at the first step.
         self._loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.ones(1, dtype=torch.bool))
 
@@ -219,6 +257,7 @@ class AdaptiveDistillationTerm(DistillationLoss):
             gamma=self.gamma,
             power=self.power,
             valid=valid,
+            normalizer=self.normalizer,
         )
 
     def forward(
@@ -256,8 +295,9 @@ def build_adl_term(
     """The ``adl`` term of ``distill.losses``.
 
     Options (defaults of the released configs): ``alpha`` 0.5, ``beta`` 0.0, ``gamma`` 2.0,
-    ``power`` 1.8, ``reduction`` batch, ``weight`` 1.0, ``name`` loss_adl. Teacher and student must be
-    the same detector type with the same strides/anchors/classes, otherwise :class:`ConfigError`.
+    ``power`` 1.8, ``reduction`` batch, ``normalizer`` valid (``all``: the original op), ``weight``
+    1.0, ``name`` loss_adl. Teacher and student must be the same detector type with the same
+    strides/anchors/classes, otherwise :class:`ConfigError`.
     """
     resolved = resolve_options(options, OPTIONS, term="adl")
     check_same_layout(student, teacher, term="adl")

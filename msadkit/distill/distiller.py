@@ -135,7 +135,7 @@ class Distiller(nn.Module):
         levels = self.student.select_levels(features)
         predictions = self.student.predict(levels)
         losses = dict(self.student.losses(predictions, targets, image_shape))
-        student_outputs = StudentOutputs(self.student, levels, predictions, image_shape)
+        student_outputs = StudentOutputs(self.student, levels, predictions, image_shape, image_sizes)
         for loss in self.distill_losses:
             terms = loss(student_outputs, teacher_outputs, targets, self.iteration)
             for key, value in terms.items():

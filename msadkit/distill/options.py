@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from msadkit.config.loader import parse_number
 from msadkit.errors import ConfigError
 
 __all__ = ["resolve_options"]
@@ -52,7 +53,12 @@ def resolve_options(
         )
     resolved = dict(known)
     for key, value in options.items():
-        if not _fits(known[key], value):
+        default = known[key]
+        if isinstance(value, str) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            # YAML 1.1 reads `weight: 1e-3` as a string: one number parser for every config value.
+            number = parse_number(value)
+            value = value if number is None else number
+        if not _fits(default, value):
             raise ConfigError(
                 f"distill.losses entry of type {term!r}: option {key!r} must be {_type_name(known[key])}, "
                 f"got {value!r}"

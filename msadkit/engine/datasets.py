@@ -81,16 +81,12 @@ def build_dataset(config: dict[str, Any], split: str, *, train: bool | None = No
             short_sides=data["train_short_sides"],
             max_size=data["train_max_size"],
             flip_prob=data["flip_prob"],
-            mean=data["pixel_mean"],
-            std=data["pixel_std"],
         )
     else:
         transform = build_transforms(
             train=False,
             short_sides=[data["test_short_side"]],
             max_size=data["test_max_size"],
-            mean=data["pixel_mean"],
-            std=data["pixel_std"],
         )
     dataset = CocoDetectionDataset(paths[f"{split}_json"], paths[f"{split}_images"], transform=transform)
     check_num_classes(config, dataset)

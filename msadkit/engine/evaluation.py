@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from msadkit.errors import DatasetError, InputError, MsadkitError
+from msadkit.errors import ConfigError, DatasetError, InputError, MsadkitError
 from msadkit.utils.run_folder import AP_METRICS
 
 __all__ = [
@@ -37,11 +37,18 @@ __all__ = [
     "coco_evaluate",
     "coco_evaluate_with_summary",
     "format_ap_table",
+    "EVAL_BACKENDS",
+    "check_backend",
 ]
 
 AP_KEYS: tuple[str, ...] = AP_METRICS
 
-_BACKENDS = ("pycocotools", "faster_coco_eval")
+EVAL_BACKENDS: tuple[str, ...] = ("pycocotools", "faster_coco_eval")
+"""The COCO evaluators ``coco_evaluate`` can use; the second is the optional extra ``msadkit[fast-eval]``."""
+_FAST_EVAL_MISSING = (
+    "{argument}: backend 'faster_coco_eval' needs the optional package faster-coco-eval; install it with "
+    "`pip install msadkit[fast-eval]` (or `pip install faster-coco-eval`), or use backend 'pycocotools'"
+)
 _IOU_TYPES = ("bbox", "segm")
 
 
@@ -127,8 +134,8 @@ def coco_evaluate(
         coco_gt_json: path of the ground-truth annotation file (COCO format).
         coco_results: entries as returned by :func:`detections_to_coco`; may be empty.
         iou_type: ``"bbox"`` (or ``"segm"`` when results and ground truth carry masks).
-        backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (optional package, same numbers,
-            faster on large sets).
+        backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (the optional extra
+            ``msadkit[fast-eval]``: the same numbers, faster on large sets).
         image_ids: evaluate only these images (default: every image of the json). Images
             without a detection count as misses.
 
@@ -239,23 +246,36 @@ def _format_value(value: Any) -> str:
     return "-" if math.isnan(number) else f"{number:.1f}"
 
 
-def _load_backend(backend: str) -> tuple[type, type]:
-    """Return the (COCO, COCOeval) classes of ``backend``, importing the optional one lazily."""
-    if backend == "pycocotools":
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
+def check_backend(backend: str, *, argument: str = "coco_evaluate") -> None:
+    """Raise unless ``backend`` names an evaluator that can be imported (the optional one only when named).
 
-        return COCO, COCOeval
+    Args:
+        backend: one of :data:`EVAL_BACKENDS`.
+        argument: the config key or command-line option that chose it, named in the error.
+
+    Raises:
+        ConfigError: an unknown backend (the known ones are listed).
+        MsadkitError: ``faster_coco_eval`` is not installed (the extra to install is named).
+    """
+    if backend not in EVAL_BACKENDS:
+        raise ConfigError(f"{argument}: unknown backend {backend!r}; use one of {', '.join(EVAL_BACKENDS)}")
     if backend == "faster_coco_eval":
         try:
-            module = importlib.import_module("faster_coco_eval")
+            importlib.import_module("faster_coco_eval")
         except ImportError:
-            raise MsadkitError(
-                "coco_evaluate: backend 'faster_coco_eval' needs the optional package faster-coco-eval; "
-                "install it with `pip install faster-coco-eval` or use backend='pycocotools'"
-            ) from None
+            raise MsadkitError(_FAST_EVAL_MISSING.format(argument=argument)) from None
+
+
+def _load_backend(backend: str) -> tuple[type, type]:
+    """Return the (COCO, COCOeval) classes of ``backend``, importing the optional one lazily."""
+    check_backend(backend)
+    if backend == "faster_coco_eval":
+        module = importlib.import_module("faster_coco_eval")
         return module.COCO, module.COCOeval_faster
-    raise MsadkitError(f"coco_evaluate: unknown backend {backend!r}; use one of {_BACKENDS}")
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    return COCO, COCOeval
 
 
 def _read_gt_json(path: Path) -> dict:

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from msadkit.engine.datasets import build_dataset, build_loader
-from msadkit.engine.evaluation import coco_evaluate, format_ap_table
+from msadkit.engine.evaluation import coco_evaluate
 from msadkit.engine.inference import predict_coco_results
 from msadkit.modeling.backbones.capacity import capacity_of
+from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.modeling.loading import load_run_model
 from msadkit.utils.run_folder import EVAL_NAME, SUMMARY_NAME, summary_fields, write_json_atomic
 
@@ -38,19 +39,21 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     name: str = EVAL_NAME,
 ) -> dict[str, float]:
-    """COCO AP of ``model`` on the validation split; written to ``run_dir/eval.json`` if given."""
+    """COCO AP of ``model`` on the validation split (evaluator ``trainer.eval_backend``); written to
+    ``run_dir/eval.json`` if given."""
     dataset = dataset if dataset is not None else build_dataset(config, "val")
     loader = build_loader(config, dataset, train=False)
     results = predict_coco_results(
         model,
         loader,
         dataset.category_ids,
+        pixels=pixel_normalizer(config),
         device=device,
         precision=config["trainer"]["precision"],
         channels_last=config["trainer"]["channels_last"],
     )
-    metrics = coco_evaluate(dataset.coco_json_path, results)
-    logger.info("evaluation\n%s", format_ap_table(metrics))
+    # No table logged here: `msadkit evaluate` prints it and training logs it (once each).
+    metrics = coco_evaluate(dataset.coco_json_path, results, backend=config["trainer"]["eval_backend"])
     if run_dir is not None:
         run_dir = Path(run_dir)
         write_json_atomic(run_dir / name, metrics)

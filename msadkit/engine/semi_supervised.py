@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 from PIL import Image
 from torch import nn
-from torch.utils.data import ConcatDataset, DataLoader, Sampler
+from torch.utils.data import ConcatDataset, Sampler
 
-from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms
-from msadkit.engine.datasets import build_loader, resolve_data_paths
-from msadkit.engine.inference import predict_coco_results
+from msadkit.data import CocoDetectionDataset, DetectionCollator
+from msadkit.engine.datasets import resolve_data_paths
+from msadkit.engine.inference import detect_images, run_categories
+from msadkit.engine.pseudo_label_check import refuse_empty_pseudo_labels
+from msadkit.engine.resumable_loader import ResumableLoader, ResumableSampler, shuffled_order
 from msadkit.utils.run_folder import write_text_atomic
 from msadkit.errors import ConfigError, DatasetError
 
@@ -47,8 +48,8 @@ class AlternatingSampler(Sampler[int]):
     of blocks of ``batch_size * world_size`` indices: even blocks are drawn from a shuffled
     permutation of the labeled images, odd blocks from a shuffled permutation of all images.
     Used with ``DataLoader(batch_size=batch_size, drop_last=True)``, batch ``2k`` holds only
-    labeled images and batch ``2k + 1`` images of either kind. Under DDP Lightning wraps the sampler
-    in a ``DistributedSamplerWrapper`` that hands process ``r`` the positions ``r, r + W, ...``;
+    labeled images and batch ``2k + 1`` images of either kind. Under DDP the training loader's
+    :class:`ResumableSampler` hands process ``r`` the positions ``r, r + W, ...`` of :meth:`epoch_stream`;
     with blocks of ``batch_size * W`` every process then gets whole labeled and mixed batches in
     the same alternation.
 
@@ -105,15 +106,22 @@ class AlternatingSampler(Sampler[int]):
             out.extend(torch.randperm(population, generator=generator).tolist())
         return out[:length]
 
-    def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        self.epoch += 1
+    def epoch_stream(self, epoch: int) -> list[int]:
+        """The global index stream of ``epoch`` (all processes), ``len(self)`` indices."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         length = self.batches_per_kind * self.block_size
         labeled = self._stream(self.num_labeled, length, generator)
         mixed = self._stream(self.num_labeled + self.num_pseudo, length, generator)
+        stream: list[int] = []
         for start in range(0, length, self.block_size):
-            yield from labeled[start : start + self.block_size]
-            yield from mixed[start : start + self.block_size]
+            stream += labeled[start : start + self.block_size]
+            stream += mixed[start : start + self.block_size]
+        return stream
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self.epoch
+        self.epoch += 1
+        yield from self.epoch_stream(epoch)
 
 
 def _world_size(config: dict[str, Any]) -> int:
@@ -151,35 +159,53 @@ def pseudo_label_dataset(config: dict[str, Any], *, transform: Any = None) -> Co
     return CocoDetectionDataset(json_path, Path(images).expanduser(), transform=transform)
 
 
-def build_train_loader(config: dict[str, Any], train_set: CocoDetectionDataset) -> DataLoader:
-    """The training loader: plain, or alternating with pseudo-labels when ``data.pseudo_labels_json`` is set.
+def build_train_loader(config: dict[str, Any], train_set: CocoDetectionDataset) -> ResumableLoader:
+    """The training loader: plain shuffled, or alternating with pseudo-labels when
+    ``data.pseudo_labels_json`` is set.
+
+    Either way a :class:`ResumableLoader`: its order and each sample's augmentation follow from
+    ``trainer.seed``, the epoch and the position alone, so a resumed run repeats the uninterrupted
+    one (``msadkit.engine.resumable_loader``).
 
     Raises:
         ConfigError / DatasetError: the pseudo-label json, its images or its categories do not fit.
     """
     data = config["data"]
-    if not data["pseudo_labels_json"]:
-        return build_loader(config, train_set, train=True)
-    pseudo = pseudo_label_dataset(config, transform=train_set.transform)
-    if pseudo.category_ids != train_set.category_ids:
-        raise DatasetError(
-            f"pseudo-label file {pseudo.coco_json_path} has category ids {pseudo.category_ids} but the training "
-            f"annotations {train_set.coco_json_path} have {train_set.category_ids}; label the images with a "
-            "teacher trained on this dataset"
-        )
+    seed = int(config["trainer"]["seed"])
     batch_size = int(config["solver"]["batch_size"])
-    sampler = AlternatingSampler(
-        len(train_set), len(pseudo), batch_size, seed=int(config["trainer"]["seed"]), world_size=_world_size(config)
-    )
+    dataset: torch.utils.data.Dataset = train_set
+    if not data["pseudo_labels_json"]:
+        sampler = ResumableSampler(shuffled_order(len(train_set), seed), len(train_set), seed=seed)
+        # A dataset smaller than a batch still gives one (smaller) batch per epoch.
+        drop_last = len(sampler) >= batch_size
+    else:
+        pseudo = pseudo_label_dataset(config, transform=train_set.transform)
+        refuse_empty_pseudo_labels(config, pseudo.coco_json_path)
+        if pseudo.category_ids != train_set.category_ids:
+            raise DatasetError(
+                f"pseudo-label file {pseudo.coco_json_path} has category ids {pseudo.category_ids} but the training "
+                f"annotations {train_set.coco_json_path} have {train_set.category_ids}; label the images with a "
+                "teacher trained on this dataset"
+            )
+        alternating = AlternatingSampler(
+            len(train_set), len(pseudo), batch_size, seed=seed, world_size=_world_size(config)
+        )
+        # Process r takes positions r, r + W, ... of the global stream: whole labeled and mixed
+        # batches in the same alternation on every process.
+        sampler = ResumableSampler(alternating.epoch_stream, len(alternating), seed=seed)
+        dataset = ConcatDataset([train_set, pseudo])
+        drop_last = True
     workers = int(data["num_workers"])
-    return DataLoader(
-        ConcatDataset([train_set, pseudo]),
+    return ResumableLoader(
+        dataset,
+        sampler,
         batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
+        drop_last=drop_last,
         num_workers=workers,
         persistent_workers=workers > 0,
         collate_fn=DetectionCollator(data["size_divisibility"]),
+        # Worker base seeds come from here, not from the training process's generator.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -244,22 +270,6 @@ def image_records(images: str | os.PathLike, *, image_root: str | os.PathLike | 
     return records, root
 
 
-def _training_categories(config: dict[str, Any], num_classes: int) -> list[dict]:
-    """The ``categories`` of the teacher's training json, checked against its class count."""
-    train_json = resolve_data_paths(config)["train_json"]
-    try:
-        categories = json.loads(Path(train_json).read_text(encoding="utf-8"))["categories"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise DatasetError(f"teacher training annotations {train_json}: cannot read its categories ({exc})") from None
-    categories = sorted(categories, key=lambda c: c["id"])
-    if len(categories) != num_classes:
-        raise ConfigError(
-            f"the teacher predicts {num_classes} classes (model.num_classes) but its training annotations "
-            f"{train_json} have {len(categories)} categories"
-        )
-    return categories
-
-
 def generate_pseudo_labels(
     model: nn.Module,
     config: dict[str, Any],
@@ -296,28 +306,10 @@ def generate_pseudo_labels(
     if not 0.0 <= score_threshold <= 1.0:
         raise ConfigError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
     records, root = image_records(images, image_root=image_root)
-    categories = _training_categories(config, int(config["model"]["num_classes"]))
-    data = config["data"]
-    transform = build_transforms(
-        train=False,
-        short_sides=[data["test_short_side"]],
-        max_size=data["test_max_size"],
-        mean=data["pixel_mean"],
-        std=data["pixel_std"],
+    categories = run_categories(config)
+    results = detect_images(
+        model, config, records, root, categories, device=device, batch_size=batch_size
     )
-    with tempfile.TemporaryDirectory(prefix="msadkit-pseudo-") as tmp:
-        # CocoDetectionDataset validates and loads the images; it reads an image-info json.
-        info_json = Path(tmp) / "images.json"
-        info_json.write_text(json.dumps({"images": records, "annotations": [], "categories": categories}))
-        dataset = CocoDetectionDataset(info_json, root, transform=transform)
-        loader = build_loader(config, dataset, train=False, batch_size=batch_size)
-        results = predict_coco_results(
-            model.to(device),
-            loader,
-            [c["id"] for c in categories],
-            device=device,
-            precision=config["trainer"]["precision"],
-        )
     annotations = []
     for result in results:
         x, y, w, h = result["bbox"]

@@ -8,8 +8,10 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from msadkit.engine.model_input import to_model_input
 from msadkit.engine.schedule import warmup_multistep_factor
-from msadkit.errors import MsadkitError
+from msadkit.engine.training_health import TrainingDiverged
+from msadkit.modeling.image_batch import pixel_normalizer
 
 __all__ = ["DetectionTask", "build_optimizer"]
 
@@ -47,12 +49,11 @@ class DetectionTask(L.LightningModule):
         self.model = model
         self.config = config
         self.channels_last = bool(config["trainer"].get("channels_last", False))
+        # The loaders hand over uint8 pixels; they are normalised once on the training device.
+        self.pixels = pixel_normalizer(config)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        batch = batch.to(device)
-        if self.channels_last:
-            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
-        return batch
+        return to_model_input(batch, self.pixels, device, channels_last=self.channels_last)
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]] | None = None) -> Any:
         return self.model(images, image_sizes)
@@ -63,16 +64,25 @@ class DetectionTask(L.LightningModule):
         losses = self.model(batch.images, batch.image_sizes, batch.targets)
         total = sum(losses.values())
         if not torch.isfinite(total):
-            values = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
-            raise MsadkitError(
-                f"training diverged at iteration {self.global_step}: non-finite loss ({values}); "
+            values = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            # Iterations count from 1, as in the iter_<step>.ckpt names and TrainingHealth.
+            raise TrainingDiverged(
+                f"training diverged at iteration {self.global_step + 1}: non-finite loss ({values}); "
                 "lower solver.base_lr or enable solver.clip_grad_norm"
             )
+        # For TrainingHealth, which names the terms when it stops a diverging run.
+        self.last_losses = {name: value.detach() for name, value in losses.items()}
         batch_size = batch.images.shape[0]
         self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
         for name, value in losses.items():
             self.log(f"train/{name}", value.detach(), batch_size=batch_size)
         return total
+
+    def validation_step(self, batch: Any, batch_idx: int) -> list[dict[str, Tensor]]:
+        """Detections of the batch in eval mode (a distiller's are its student's): ``list[dict]``
+        with ``"boxes" (D, 4)``, ``"scores" (D,)``, ``"labels" (D,)``, one per image; scored by
+        ``msadkit.engine.validation.PeriodicValidation`` every ``trainer.eval_period`` iterations."""
+        return self.model(batch.images, batch.image_sizes)
 
     def configure_optimizers(self) -> Any:
         solver = self.config["solver"]

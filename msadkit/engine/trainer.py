@@ -10,17 +10,23 @@ from typing import Any, Iterable
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
 from msadkit.distill.build import build_distiller
 from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
 from msadkit.engine.buffer_sync import BroadcastBuffersAtEnd
-from msadkit.engine.datasets import build_dataset
+from msadkit.engine.compile import compile_trained_model
+from msadkit.engine.datasets import build_dataset, build_loader
+from msadkit.engine.evaluation import format_ap_table
+from msadkit.engine.loggers import ConfigToLoggers, build_loggers
 from msadkit.engine.metrics_logger import MetricsJsonlLogger
+from msadkit.engine.resume_check import check_resume_fits
+from msadkit.engine.resumable_loader import ExactResume
+from msadkit.engine.training_health import health_callbacks
 from msadkit.engine.run_evaluation import evaluate_model
 from msadkit.engine.semi_supervised import build_train_loader
 from msadkit.engine.task import DetectionTask
+from msadkit.engine.validation import PeriodicValidation, check_validation_config, validation_schedule
 from msadkit.errors import ConfigError
 from msadkit.modeling.registry import build_model
 from msadkit.utils.atomic import remove_stale_temporaries
@@ -43,7 +49,8 @@ def _quiet_lightning() -> None:
     """Drop Lightning's advertising and its own internal deprecation notices from run logs."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
-    warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+    # The task always has a validation_step; it runs only with trainer.eval_period > 0.
+    warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`")
 
 
 _quiet_lightning()
@@ -114,6 +121,7 @@ def export_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callback]) -> L.Trainer:
     trainer_cfg = config["trainer"]
     solver = config["solver"]
+    health = health_callbacks(config)
     checkpointing = ModelCheckpoint(
         dirpath=run_dir / CHECKPOINT_DIR,
         filename=ITERATION_CHECKPOINT,
@@ -131,14 +139,18 @@ def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callba
         max_steps=solver["max_iter"],
         max_epochs=-1,
         gradient_clip_val=solver["clip_grad_norm"] or None,
-        callbacks=[BroadcastBuffersAtEnd(), checkpointing, *callbacks],
-        # Versioned log folders: a resumed run adds version_1 instead of overwriting version_0.
-        logger=[CSVLogger(run_dir, name="logs"), TensorBoardLogger(run_dir, name="tensorboard")],
+        callbacks=[BroadcastBuffersAtEnd(), ExactResume(), *health, checkpointing, ConfigToLoggers(config), *callbacks],
+        # trainer.loggers; csv and tensorboard add version_1 for a resumed run instead of overwriting.
+        logger=build_loggers(config, run_dir),
         log_every_n_steps=trainer_cfg["log_period"],
         enable_progress_bar=trainer_cfg["progress_bar"],
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        limit_val_batches=0,
+        # Validation every trainer.eval_period iterations, or never inside fit.
+        **validation_schedule(trainer_cfg),
+        # no_grad rather than inference_mode: a tensor a model caches while validating stays usable
+        # when training resumes.
+        inference_mode=False,
         plugins=[AtomicCheckpointIO()],
         default_root_dir=run_dir,
         deterministic=False,
@@ -161,7 +173,9 @@ def train(
     the same folder is refused at once. It removes the temporary files that writers killed
     mid-checkpoint left, starts ``metrics.jsonl`` afresh (or, resuming, keeps its records up to
     the checkpoint's iteration) and writes ``config.yaml``; after training, ``model_final.pth``
-    (``{"model": state_dict, "config": config}``), ``eval.json`` and ``summary.json``.
+    (``{"model": state_dict, "config": config}``), ``eval.json`` and ``summary.json``. With
+    ``trainer.eval_period`` the validation split is also scored during training
+    (``msadkit.engine.validation``: ``val/...`` rows in ``metrics.jsonl``, ``model_best.pth``).
 
     Args:
         config: resolved config (``msadkit.config.load_config``).
@@ -174,10 +188,13 @@ def train(
     run_dir = Path(config["output_dir"]).expanduser()
     # Before anything is built: a path that cannot be written is one line, not a traceback later.
     check_writable_folder(run_dir)
+    check_validation_config(config)
     L.seed_everything(int(config["trainer"]["seed"]), workers=True, verbose=False)
     metrics = MetricsJsonlLogger(run_dir / METRICS_NAME, config["trainer"]["log_period"])
     # The Trainer writes nothing when built, and knows this process's rank (DDP, several nodes).
-    trainer = _trainer(config, run_dir, [metrics, *callbacks])
+    periodic = config["trainer"]["eval_period"] > 0
+    validation = [PeriodicValidation(config, run_dir, run_dir / METRICS_NAME, export_weights)] if periodic else []
+    trainer = _trainer(config, run_dir, [metrics, *validation, *callbacks])
     # Rank 0 alone trains into the folder and holds its lock; the other ranks write nothing there.
     lock = RunLock(run_dir).acquire() if trainer.is_global_zero else None
     try:
@@ -188,20 +205,30 @@ def train(
         train_set = build_dataset(config, "train")
         # Plain, or alternating with teacher pseudo-labels when data.pseudo_labels_json is set (SAD).
         train_loader = build_train_loader(config, train_set)
-        val_set = build_dataset(config, "val") if evaluate else None
+        val_set = build_dataset(config, "val") if evaluate or periodic else None
+        val_loader = build_loader(config, val_set, train=False) if periodic else None
         model = build_training_model(config)
         if config["trainer"]["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
+        if config["trainer"]["compile"]:
+            # In place: module names, checkpoints and the final weights stay those of eager.
+            on_gpu = config["trainer"]["accelerator"] != "cpu" and torch.cuda.is_available()
+            compile_trained_model(model, device_type="cuda" if on_gpu else "cpu")
         task = DetectionTask(model, config)
+        if resume_from is not None:
+            # Before metrics.jsonl or config.yaml are touched: a config that builds another model
+            # leaves the finished run as it was.
+            check_resume_fits(resume_from, task, run_dir, config)
         if trainer.is_global_zero:
             metrics.start(resume_step)
             write_run_config(run_dir, config)
-        trainer.fit(task, train_dataloaders=train_loader, ckpt_path=resume_from)
+        trainer.fit(task, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=resume_from)
         if trainer.is_global_zero:
             save_atomic({"model": export_weights(model), "config": config}, run_dir / FINAL_WEIGHTS_NAME)
             if evaluate:
                 device = next(model.parameters()).device
-                evaluate_model(model, config, run_dir, dataset=val_set, device=device)
+                ap = evaluate_model(model, config, run_dir, dataset=val_set, device=device)
+                logger.info("evaluation\n%s", format_ap_table(ap))
     finally:
         if lock is not None:
             # Also removes the run folder if this call created it and wrote nothing into it.

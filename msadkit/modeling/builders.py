@@ -75,6 +75,10 @@ def build_backbone(model_cfg: dict[str, Any], out_features: tuple[str, ...]) -> 
 
 def build_fcos_head(model_cfg: dict[str, Any]) -> FCOSHead:
     fcos_cfg = model_cfg["fcos"]
+    if fcos_cfg["tower_conv_bias"] not in (None, True, False):
+        raise ConfigError(
+            f"model.fcos.tower_conv_bias must be null, true or false, got {fcos_cfg['tower_conv_bias']!r}"
+        )
     return FCOSHead(
         in_channels=model_cfg["fpn"]["out_channels"],
         num_classes=model_cfg["num_classes"],
@@ -82,6 +86,7 @@ def build_fcos_head(model_cfg: dict[str, Any]) -> FCOSHead:
         num_convs=fcos_cfg["num_convs"],
         norm=fcos_cfg["norm"],
         prior_prob=fcos_cfg["prior_prob"],
+        tower_conv_bias=fcos_cfg["tower_conv_bias"],
     )
 
 
@@ -106,6 +111,8 @@ def fcos_kwargs(model_cfg: dict[str, Any]) -> dict[str, Any]:
     return dict(
         num_classes=model_cfg["num_classes"],
         center_sampling_radius=fcos_cfg["center_sampling_radius"],
+        giou_smoothing=fcos_cfg["giou_smoothing"],
+        clip_before_nms=fcos_cfg["clip_before_nms"],
         **_dense_detector_kwargs(fcos_cfg),
     )
 

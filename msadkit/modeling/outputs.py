@@ -36,12 +36,14 @@ class StudentOutputs:
         levels: the ``L`` FPN maps the head ran on, ``(N, C, Hi, Wi)``, finest first.
         predictions: the head's raw per-level outputs.
         image_shape: padded ``(H, W)`` of the batch the student was given (before any downsampling).
+        image_sizes: valid ``(h, w)`` of each image in that batch (None: the padded size).
     """
 
     model: nn.Module
     levels: list[Tensor]
     predictions: dict[str, list[Tensor]]
     image_shape: tuple[int, int]
+    image_sizes: list[tuple[int, int]] | None = None
 
 
 @dataclass

@@ -4,7 +4,8 @@ Notebooks record metric values and the files they wrote through :class:`Notebook
 and sweeps read them back with :func:`read_results` instead of parsing notebook outputs. The file
 is rewritten atomically after every record, and ``"complete": true`` is set only by
 :meth:`NotebookResults.finish` in the notebook's last cell, so a reader can tell a notebook that
-stopped half-way from one that ran to the end.
+stopped half-way from one that ran to the end; in a kernel, a cell that raises before then
+deletes the file, so a failed run leaves no results behind.
 """
 
 from __future__ import annotations
@@ -88,6 +89,24 @@ class NotebookResults:
         self.interactive = is_interactive() if interactive is None else bool(interactive)
         self.data: dict[str, Any] = {"notebook": notebook, "complete": False, "figures": {}, "files": {}}
         self.save()
+        self._remove_on_failure()
+
+    def _remove_on_failure(self) -> None:
+        """In a kernel, delete ``results.json`` when a cell raises before :meth:`finish`: a failed
+        (or stopped) run leaves no results that look like a run's."""
+        if not _in_kernel():
+            return
+        from IPython import get_ipython
+
+        events = get_ipython().events
+
+        def after_cell(result: Any) -> None:
+            if self.data["complete"] or not result.success:
+                if not self.data["complete"]:
+                    self.path.unlink(missing_ok=True)
+                events.unregister("post_run_cell", after_cell)
+
+        events.register("post_run_cell", after_cell)
 
     @property
     def path(self) -> Path:

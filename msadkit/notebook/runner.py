@@ -51,6 +51,7 @@ NOTEBOOK_NAMES: tuple[str, ...] = (
 )
 RUN_RECORD_NAME = "notebook_run.json"
 NOTEBOOKS_ENV_VAR = "MSADKIT_NOTEBOOKS"
+PACKAGED_NOTEBOOKS_DIR = "templates"  # where a wheel carries the notebooks (setup.py copies them)
 # Parameters that name the run folder itself; a moved folder is still the same run.
 _LOCATION_PARAMETERS = ("output_dir",)
 
@@ -97,21 +98,26 @@ class NotebookRun:
 def notebooks_dir() -> Path:
     """The folder holding the packaged notebooks.
 
-    ``$MSADKIT_NOTEBOOKS`` when set, else ``notebooks/`` of the source checkout this package was
-    imported from (the notebooks live beside the package in the repository, not inside it).
+    ``$MSADKIT_NOTEBOOKS`` when set; else the copies a wheel carries (``templates/`` here, copied
+    from ``notebooks/`` by setup.py); else ``notebooks/`` of the checkout an editable install runs.
 
     Raises:
-        ConfigError: neither exists.
+        ConfigError: none exists.
     """
     configured = os.environ.get(NOTEBOOKS_ENV_VAR)
-    candidates = [Path(configured).expanduser()] if configured else []
-    candidates.append(Path(__file__).resolve().parents[2] / "notebooks")
+    if configured and Path(configured).expanduser().is_dir():
+        return Path(configured).expanduser()
+    candidates = [
+        Path(__file__).resolve().parent / PACKAGED_NOTEBOOKS_DIR,
+        Path(__file__).resolve().parents[2] / "notebooks",
+    ]
     for candidate in candidates:
-        if candidate.is_dir():
+        if candidate.is_dir() and any(candidate.glob("*.ipynb")):
             return candidate
+    looked = [configured, *candidates] if configured else candidates
     raise ConfigError(
-        f"notebook folder not found (looked in {', '.join(str(c) for c in candidates)}); run from a clone "
-        f"of the repository installed with `pip install -e .`, or set {NOTEBOOKS_ENV_VAR} to the notebooks folder"
+        f"notebook folder not found (looked in {', '.join(str(c) for c in looked)}); install msadkit from a "
+        f"wheel or a clone of the repository, or set {NOTEBOOKS_ENV_VAR} to the notebooks folder"
     )
 
 
@@ -333,7 +339,8 @@ def run_notebook(
             return NotebookRun(source, run_dir, params, "finished", skipped=True, results=_read_results(run_dir))
         raise ConfigError(
             f"{run_dir} holds a finished run of {record.get('notebook')} with other parameters "
-            f"({_comparable(record.get('parameters', {}))}); choose another folder or pass force"
+            f"({_comparable(record.get('parameters', {}))}); choose another folder, or pass --force "
+            "(force=True from Python) to execute it again"
         )
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +381,8 @@ def run_notebook(
         error = NotebookExecutionError(f"the notebook ran to the end but did not mark {RESULTS_NAME} complete")
     record.update(ended=_now(), duration_s=round(duration, 1))
     if error is not None:
+        # A failed run claims no results (the executed copy holds what it printed).
+        (run_dir / RESULTS_NAME).unlink(missing_ok=True)
         record.update(status="failed", error=_error_line(error))
         _write_record(run_dir, record)
         raise NotebookExecutionError(

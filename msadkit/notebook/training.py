@@ -7,7 +7,6 @@ kernel, where a callback can draw the loss curves as they come.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -15,15 +14,15 @@ from typing import Any, Callable, Iterable, Sequence
 import lightning as L
 import yaml
 
-from msadkit.analysis.plots import plot_loss_curves
 from msadkit.config import dump_config, load_config
+from msadkit.config.run_length import scaled_solver
 from msadkit.engine.datasets import resolve_data_paths
 from msadkit.engine.launch import launch_training
-from msadkit.engine.metrics_logger import PeriodicMetrics
 from msadkit.engine.semi_supervised import generate_pseudo_labels
 from msadkit.engine.trainer import train
 from msadkit.errors import ConfigError
 from msadkit.modeling.loading import load_run_model
+from msadkit.notebook.live import LiveLossCurves, TrainingStopped
 from msadkit.utils.run_folder import FINAL_WEIGHTS_NAME, SUMMARY_NAME, last_checkpoint, read_run_config
 
 __all__ = [
@@ -37,6 +36,7 @@ __all__ = [
     "run_state",
     "train_or_reuse",
     "LiveLossCurves",
+    "TrainingStopped",
 ]
 
 _ACCELERATORS = {"cpu": "cpu", "gpu": "gpu", "cuda": "gpu", "auto": "auto"}
@@ -60,8 +60,9 @@ def notebook_config(
         overrides: ``key=value`` strings, applied after the file (and before the arguments below).
         output_dir: the run folder.
         iterations: training length; the LR steps and the warm-up are scaled with it so that the
-            schedule keeps its shape, and ``schedule`` gets an ``-<iterations>it`` suffix. None keeps
-            ``solver.max_iter``.
+            schedule keeps its shape (:func:`msadkit.config.run_length.scaled_solver`, the rule of
+            ``msadkit train --iterations``), and ``schedule`` gets an ``-<iterations>it`` suffix.
+            None keeps ``solver.max_iter``.
         device: ``cpu``, ``gpu`` (or ``cuda``) or ``auto``: the trainer's accelerator.
         devices: number of devices (more than one trains in a subprocess, see
             :func:`train_or_reuse`).
@@ -90,19 +91,8 @@ def notebook_config(
         },
     }
     if iterations is not None:
-        if int(iterations) < 1:
-            raise ConfigError(f"iterations must be >= 1, got {iterations}")
-        solver = base["solver"]
-        scale = int(iterations) / max(1, solver["max_iter"])
-        settings["solver"] = {
-            "max_iter": int(iterations),
-            "steps": [max(1, round(step * scale)) for step in solver["steps"]],
-            "warmup_iters": max(0, round(solver["warmup_iters"] * scale)),
-        }
-        if int(iterations) != solver["max_iter"]:
-            # AP tables group rows by schedule; a shortened run must not pass for the full one.
-            suffix = f"{int(iterations)}it"
-            settings["schedule"] = f"{base['schedule']}-{suffix}" if base["schedule"] else suffix
+        # The loader labels the schedule of a run whose max_iter differs from its file's.
+        settings["solver"] = scaled_solver(base["solver"], int(iterations))
     if seed is not None:
         settings["trainer"]["seed"] = int(seed)
     return load_config(config, texts + override_strings(settings) + override_strings(extra or {}))
@@ -269,10 +259,13 @@ def train_or_reuse(
 
     A finished run made with the same config is reused as is (re-executing a notebook does not
     retrain), an interrupted one resumes from its last checkpoint, and with
-    ``trainer.devices > 1`` training runs in a subprocess (:func:`launch_training`).
+    ``trainer.devices > 1`` training runs in a subprocess (:func:`launch_training`). With an
+    interactive :class:`LiveLossCurves` among the callbacks, Lightning's banner and warnings stay
+    out of the cell output and an interrupt stops after the current iteration.
 
     Raises:
         ConfigError: the folder holds a run made with a different config.
+        TrainingStopped: an interrupt stopped an interactive training (a checkpoint was saved).
     """
     run_dir = Path(config["output_dir"]).expanduser()
     state = run_state(run_dir)
@@ -289,54 +282,10 @@ def train_or_reuse(
         echo(f"{run_dir}: resuming from its last checkpoint")
     if int(config["trainer"]["devices"]) > 1:
         return launch_training(config, resume=resume, evaluate=evaluate, echo=echo)
-    return train(config, resume=resume, callbacks=callbacks, evaluate=evaluate)
-
-
-class LiveLossCurves(PeriodicMetrics):
-    """Reports the training losses every ``period`` iterations while a notebook trains.
-
-    Interactively the loss-curve figure in the cell is redrawn; in a batch run one text line per
-    report goes to the cell output (which papermill logs live). The records are those of the run's
-    ``metrics.jsonl`` (the same hook collects them).
-
-    Args:
-        period: iterations between reports (use ``trainer.log_period``).
-        interactive: redraw a figure instead of printing lines.
-        title: figure title.
-    """
-
-    def __init__(self, *, period: int, interactive: bool, title: str = "training losses") -> None:
-        super().__init__(period)
-        self.interactive = interactive
-        self.title = title
-        self.history: list[dict[str, float]] = []
-        self._handle: Any = None
-
-    def report(self, trainer: L.Trainer, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        if self.interactive:
-            self._redraw()
-        else:
-            terms = "  ".join(
-                f"{k} {v:.4f}"
-                for k, v in record.items()
-                if k not in ("iter", "loss", "time", "lr") and isinstance(v, float) and math.isfinite(v)
-            )
-            loss = record.get("loss", math.nan)
-            loss = loss if isinstance(loss, float) else math.nan
-            print(f"iter {record['iter']}/{trainer.max_steps}  loss {loss:.4f}  {terms}", flush=True)
-
-    def _redraw(self) -> None:
-        import io
-
-        from IPython.display import Image, display
-
-        figure = plot_loss_curves({"this run": self.history}, title=self.title)
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight", facecolor="white")
-        image = Image(data=buffer.getvalue(), format="png")
-        # One display that is replaced in place, not a new image per report.
-        if self._handle is None:
-            self._handle = display(image, display_id=True)
-        else:
-            self._handle.update(image)
+    callbacks = list(callbacks)
+    live = next((c for c in callbacks if isinstance(c, LiveLossCurves) and c.interactive), None)
+    if live is None:
+        return train(config, resume=resume, callbacks=callbacks, evaluate=evaluate)
+    # A person is watching: no Lightning banner in the output area, and an interrupt stops cleanly.
+    with live.attended():
+        return train(config, resume=resume, callbacks=callbacks, evaluate=evaluate)

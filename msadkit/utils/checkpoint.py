@@ -59,10 +59,14 @@ def checkpoint_step(path: str | os.PathLike) -> int | None:
     return step if isinstance(step, int) and not isinstance(step, bool) else None
 
 
-def format_keys(keys: list[str], limit: int = 20) -> str:
-    """The first ``limit`` keys, comma-separated, and how many more there are."""
+def format_keys(keys: list[str], limit: int = 10) -> str:
+    """The first ``limit`` keys, comma-separated, then ``and N more``.
+
+    A checkpoint of another architecture misses hundreds of keys; the error stays a few lines long
+    and the count still says how far apart the two are.
+    """
     shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def key_problems(missing: list[str], unexpected: list[str], mismatched: list[str]) -> list[str]:

@@ -112,15 +112,15 @@ def test_markdown_table_rows(tmp_path):
     assert lines[1].count("|") == len(TABLE_COLUMNS) + 1
     assert lines[2:] == [
         "| msad_teacher | slimmable_resnet50 | 0.08 | demo-300it | 0.25 | teacher | high+low"
-        " | 33.2 | 51.0 | 35.1 | - | 36.0 | 45.3 |",
+        " | 33.2 | 51.0 | 35.1 | - | 36.0 | 45.3 | msad_teacher_w025 |",
         "| msad_student | slimmable_resnet50 | 0.02 | demo-300it | 0.25 | student | low"
-        " | 30.3 | 48.3 | 31.0 | 14.0 | 33.5 | 41.0 |",
+        " | 30.3 | 48.3 | 31.0 | 14.0 | 33.5 | 41.0 | msad_student_w025 |",
         # A plain ResNet-50 has no width; its capacity at 800x1333 is the reference 1.00.
         "| fcos | resnet50 | 1.00 | demo-300it | - | baseline | high"
-        " | 38.6 | 57.0 | 41.0 | 22.0 | 42.0 | 50.0 |",
+        " | 38.6 | 57.0 | 41.0 | 22.0 | 42.0 | 50.0 | fcos_r50 |",
         # An msad_teacher config runs on both resolutions: 0.25 * 1.25 ~ 0.32.
         "| msad_teacher | slimmable_resnet50 | 0.32 | demo-300it | 0.50 | teacher | high+low"
-        " | 33.2 | 51.0 | 35.1 | - | 36.0 | 45.3 |",
+        " | 33.2 | 51.0 | 35.1 | - | 36.0 | 45.3 | teacher_from_config |",
     ]
     assert rows[3]["branch"] == "fused"
 

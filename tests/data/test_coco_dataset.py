@@ -64,9 +64,9 @@ def test_loads_images_and_targets(coco_dir: Path) -> None:
     assert ds.coco_json_path == coco_dir / "ann.json"
 
     image, target = ds[0]
-    expected = np.asarray(Image.open(coco_dir / "images" / "a.png"), dtype=np.float32).transpose(2, 0, 1)
-    assert image.dtype == torch.float32 and image.shape == (3, H, W)
-    assert torch.equal(image, torch.from_numpy(expected))
+    expected = np.asarray(Image.open(coco_dir / "images" / "a.png"), dtype=np.uint8).transpose(2, 0, 1)
+    assert image.dtype == torch.uint8 and image.shape == (3, H, W)
+    assert torch.equal(image, torch.from_numpy(expected.copy()))
     assert target["image_id"] == 10 and target["orig_size"] == (H, W) and target["scale"] == 1.0
     assert target["boxes"].dtype == torch.float32 and target["labels"].dtype == torch.int64
     # xywh -> xyxy; category 7 is label 1 and category 3 is label 0; the crowd box is left out.
@@ -110,10 +110,10 @@ def test_grayscale_and_rgba_become_rgb(coco_dir: Path) -> None:
     image, _ = ds[0]
     assert image.shape == (3, H, W)
     for c in range(3):
-        assert torch.equal(image[c], torch.from_numpy(gray.astype(np.float32)))
+        assert torch.equal(image[c], torch.from_numpy(gray))
     image, _ = ds[1]
     assert image.shape == (3, H, W)
-    assert image[:, 0, 0].tolist() == [10.0, 20.0, 30.0] and bool((image == image[:, :1, :1]).all())
+    assert image[:, 0, 0].tolist() == [10, 20, 30] and bool((image == image[:, :1, :1]).all())
 
 
 def test_corrupt_image_raises_dataset_error_when_loaded(coco_dir: Path) -> None:
@@ -214,10 +214,25 @@ def test_reads_a_generated_synthetic_split_like_pycocotools(tmp_path: Path) -> N
     total = 0
     for index in range(len(ds)):
         image, target = ds[index]
-        assert image.shape == (3, 64, 64) and 0.0 <= float(image.min()) and float(image.max()) <= 255.0
+        assert image.shape == (3, 64, 64) and image.dtype == torch.uint8
         anns = coco.loadAnns(coco.getAnnIds(imgIds=[target["image_id"]]))
         expected = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]).reshape(-1, 4)
         assert torch.equal(target["boxes"], expected.float())
         assert target["labels"].tolist() == [a["category_id"] - 1 for a in anns]
         total += len(anns)
     assert total == len(coco.getAnnIds())
+
+
+def test_formats_torchvision_cannot_decode_fall_back_to_pil(coco_dir: Path) -> None:
+    # A 16-bit grayscale PNG (torchvision decodes it to uint16) and a BMP (no torchvision decoder)
+    # give the RGB uint8 pixels PIL's convert("RGB") gives, as before the uint8 data path.
+    deep = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 900).astype(np.uint16)
+    Image.fromarray(deep).save(coco_dir / "images" / "a.png")
+    colours = np.random.default_rng(4).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(colours).save(coco_dir / "images" / "b.png", format="BMP")  # named .png, BMP inside
+    ds = _dataset(coco_dir)
+    for index, name in ((0, "a.png"), (1, "b.png")):
+        with Image.open(coco_dir / "images" / name) as pil:
+            expected = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
+        image, _ = ds[index]
+        assert image.dtype == torch.uint8 and torch.equal(image, expected)

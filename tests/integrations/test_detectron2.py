@@ -24,6 +24,8 @@ from msadkit.config import load_config  # noqa: E402
 from msadkit.data import collate_detection, generate_synthetic_dataset  # noqa: E402
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic  # noqa: E402
 from msadkit.engine.datasets import build_dataset, build_loader  # noqa: E402
+from msadkit.engine.model_input import to_model_input  # noqa: E402
+from msadkit.modeling.image_batch import pixel_normalizer  # noqa: E402
 from msadkit.engine.metrics_logger import read_metrics  # noqa: E402
 from msadkit.engine.task import DetectionTask  # noqa: E402
 from msadkit.engine.run_evaluation import evaluate_run  # noqa: E402
@@ -152,7 +154,8 @@ def msadkit_batch(config, image_ids, split="train"):
     dataset = build_dataset(config, split, train=False)
     index_of = {dataset[i][1]["image_id"]: i for i in range(len(dataset))}
     samples = [dataset[index_of[image_id]] for image_id in image_ids]
-    return collate_detection(samples, size_divisibility=config["data"]["size_divisibility"])
+    raw = collate_detection(samples, size_divisibility=config["data"]["size_divisibility"])
+    return to_model_input(raw, pixel_normalizer(config), "cpu")  # what msadkit's models are given
 
 
 def record(loader):
@@ -362,6 +365,7 @@ def predictions_msadkit(model, config):
     found = {}
     with torch.no_grad():
         for batch in build_loader(config, dataset, train=False):
+            batch = to_model_input(batch, pixel_normalizer(config), "cpu")
             for target, det in zip(batch.targets, model(batch.images, batch.image_sizes)):
                 found[target["image_id"]] = {k: v / target["scale"] if k == "boxes" else v for k, v in det.items()}
     return found

@@ -54,13 +54,12 @@ def general_instances(
         raise TypeError(f"general_instances: unknown options {unknown}; known: {sorted(SELECTION_OPTIONS)}")
     settings = {**SELECTION_OPTIONS, **options}
     with_quality = settings.pop("fcos_centerness")
-    image_shape = (images.shape[-2], images.shape[-1])
     teacher_out = teacher.distillation_outputs(images, image_sizes, need_predictions=True)
     teacher_model = teacher_out.model if teacher_out.model is not None else teacher
     teacher_dense = teacher_model.decode_dense(teacher_out.predictions, with_quality=with_quality)
     student_predictions = student.predict(student.select_levels(student.extract_features(images)))
     student_dense = student.decode_dense(student_predictions, with_quality=with_quality)
-    return select_from_outputs(teacher_dense, student_dense, image_shape, **settings)
+    return select_from_outputs(teacher_dense, student_dense, image_sizes, **settings)
 
 
 def instances_as_dicts(instances: GeneralInstances) -> list[dict[str, Any]]:

@@ -12,20 +12,26 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, clip_boxes_to_image
+from torchvision.ops import batched_nms
 
 from msadkit.modeling.outputs import DenseOutputs
 
 __all__ = [
     "GeneralInstances",
     "SCORE_MODES",
+    "SELECTION_ORDERS",
     "SELECTION_OPTIONS",
     "gi_scores",
     "select_general_instances",
     "select_from_outputs",
+    "clip_to_images",
 ]
 
 SCORE_MODES = ("max_abs_diff", "diff_of_max")
+# "filter_first": drop small boxes, then take the pre-NMS top-k of what is left (msadkit).
+# "top_k_first": take the pre-NMS top-k of all locations, then drop the small boxes among them
+# (the public reproduction's find_top_rpn_proposals), so fewer than top-k may enter NMS.
+SELECTION_ORDERS = ("filter_first", "top_k_first")
 
 
 @dataclass(frozen=True)
@@ -96,15 +102,16 @@ def select_general_instances(
     score_mode: str = "max_abs_diff",
     min_box_size: float = 0.0,
     pre_nms_top_k: int | None = 3000,
+    selection_order: str = "filter_first",
 ) -> list[GeneralInstances]:
     """Select the general instances of each image.
 
     Per location the GI score is computed by :func:`gi_scores`; the GI box is the teacher's box
     where the teacher's highest class probability is at least the student's (ties go to the
-    teacher), else the student's. Boxes with a side shorter than ``min_box_size`` are dropped, the
-    ``pre_nms_top_k`` best remaining locations go through NMS at ``iou_threshold`` and the best
-    ``top_k`` survivors are kept. Everything runs without gradient: GIs are regions to distil on,
-    not something to learn.
+    teacher), else the student's. Boxes with a side shorter than ``min_box_size`` are dropped and
+    the ``pre_nms_top_k`` best locations kept, in the order ``selection_order`` says; they go
+    through NMS at ``iou_threshold`` and the best ``top_k`` survivors are kept. Everything runs
+    without gradient: GIs are regions to distil on, not something to learn.
 
     Args:
         teacher_scores: ``(N, R, K)`` teacher class probabilities (after sigmoid) over all ``R``
@@ -119,6 +126,9 @@ def select_general_instances(
         pre_nms_top_k: locations per image entering NMS, by decreasing score; NMS over all
             locations of a large image is slow and the top-k rarely reaches that deep (the public
             reproduction uses 3000). ``None`` sends every location.
+        selection_order: ``"filter_first"`` (the top-k is taken among the boxes large enough) or
+            ``"top_k_first"`` (the public reproduction: the top-k of all locations, then the small
+            boxes among them are dropped).
 
     Returns:
         One :class:`GeneralInstances` per image.
@@ -136,6 +146,10 @@ def select_general_instances(
         raise ValueError(f"select_general_instances: top_k must be >= 0, got {top_k}")
     if pre_nms_top_k is not None and pre_nms_top_k < 1:
         raise ValueError(f"select_general_instances: pre_nms_top_k must be >= 1 or None, got {pre_nms_top_k}")
+    if selection_order not in SELECTION_ORDERS:
+        raise ValueError(
+            f"select_general_instances: selection_order must be one of {SELECTION_ORDERS}, got {selection_order!r}"
+        )
 
     teacher_scores = teacher_scores.float()
     student_scores = student_scores.float()
@@ -146,14 +160,16 @@ def select_general_instances(
     from_teacher = teacher_scores.amax(dim=-1) >= student_scores.amax(dim=-1)
     boxes = torch.where(from_teacher.unsqueeze(-1), teacher_boxes.float(), student_boxes.float())
 
-    if min_box_size > 0:
-        sides = boxes[..., 2:] - boxes[..., :2]
-        large_enough = (sides >= min_box_size).all(dim=-1)
-        scores = scores.masked_fill(~large_enough, float("-inf"))
+    sides = boxes[..., 2:] - boxes[..., :2]
+    too_small = (sides < min_box_size).any(dim=-1) if min_box_size > 0 else torch.zeros_like(from_teacher)
+    if selection_order == "filter_first":
+        scores = scores.masked_fill(too_small, float("-inf"))
 
     num_candidates = num_locations if pre_nms_top_k is None else min(pre_nms_top_k, num_locations)
     candidate_scores, candidate_indices = scores.topk(num_candidates, dim=1)  # (N, P)
     candidate_boxes = boxes.gather(1, candidate_indices.unsqueeze(-1).expand(-1, -1, 4))
+    if selection_order == "top_k_first":
+        candidate_scores = candidate_scores.masked_fill(too_small.gather(1, candidate_indices), float("-inf"))
     candidate_images = torch.arange(num_images, device=device).unsqueeze(1).expand_as(candidate_indices)
 
     alive = torch.isfinite(candidate_scores)  # drops the filtered-out boxes (and NaN scores)
@@ -187,33 +203,49 @@ SELECTION_OPTIONS: dict[str, Any] = {
     "score_mode": "max_abs_diff",
     "min_box_size": 1.0,
     "pre_nms_top_k": 3000,
+    "selection_order": "filter_first",
     "fcos_centerness": False,
 }
+
+
+def clip_to_images(boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+    """``(N, R, 4)`` boxes, image ``i``'s clipped to its own valid ``image_sizes[i] = (h, w)``.
+
+    Padding is not image: a box clipped to the padded batch could reach into the padding, where
+    there is nothing to distil.
+    """
+    if len(image_sizes) != boxes.shape[0]:
+        raise ValueError(f"clip_to_images: {len(image_sizes)} image sizes for a batch of {boxes.shape[0]}")
+    limits = torch.tensor([[w, h, w, h] for h, w in image_sizes], dtype=boxes.dtype, device=boxes.device)
+    return torch.minimum(boxes.clamp(min=0), limits.unsqueeze(1))
 
 
 def select_from_outputs(
     teacher: DenseOutputs,
     student: DenseOutputs,
-    image_shape: tuple[int, int],
+    image_sizes: list[tuple[int, int]],
     *,
     iou_threshold: float,
     top_k: int,
     score_mode: str,
     min_box_size: float,
     pre_nms_top_k: int | None,
+    selection_order: str = "filter_first",
 ) -> list[GeneralInstances]:
     """The general instances of a batch from both detectors' decoded outputs.
 
-    Boxes are clipped to the padded batch ``image_shape = (H, W)`` before selection.
+    Boxes are clipped to each image's own valid ``image_sizes[i] = (h, w)`` before selection (as
+    the public reproduction does; padding is not image).
     """
     return select_general_instances(
         teacher.scores,
         student.scores,
-        clip_boxes_to_image(teacher.boxes, image_shape),
-        clip_boxes_to_image(student.boxes, image_shape),
+        clip_to_images(teacher.boxes, image_sizes),
+        clip_to_images(student.boxes, image_sizes),
         iou_threshold=iou_threshold,
         top_k=top_k,
         score_mode=score_mode,
         min_box_size=min_box_size,
         pre_nms_top_k=pre_nms_top_k,
+        selection_order=selection_order,
     )

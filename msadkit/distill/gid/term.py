@@ -4,7 +4,7 @@ Per batch:
 
 1. Both heads' outputs are flattened over all levels and decoded to boxes: FCOS as
    ``location -+ ltrb * stride``, RetinaNet with its box coder on the anchors. Boxes are clipped to
-   the padded batch.
+   each image's own valid size (padding is not image).
 2. :func:`~msadkit.distill.gid.selection.select_general_instances` picks the general instances
    (GIs) from ``sigmoid(cls_logits)`` of both models. For FCOS the scores are the classification
    probabilities alone by default (the paper's "class probabilities"); ``fcos_centerness: true``
@@ -35,7 +35,13 @@ from msadkit.distill.gid.losses import (
     gid_relation_loss,
     gid_response_loss,
 )
-from msadkit.distill.gid.selection import SCORE_MODES, SELECTION_OPTIONS, GeneralInstances, select_from_outputs
+from msadkit.distill.gid.selection import (
+    SCORE_MODES,
+    SELECTION_OPTIONS,
+    SELECTION_ORDERS,
+    GeneralInstances,
+    select_from_outputs,
+)
 from msadkit.distill.layout import check_same_layout, check_same_prediction_shape, feature_channels
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
@@ -60,6 +66,8 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
         score_mode: ``"max_abs_diff"`` (paper) or ``"diff_of_max"`` (public reproduction).
         min_box_size: GI candidates with a side shorter than this (pixels, after clipping) are dropped.
         pre_nms_top_k: candidates per image entering NMS.
+        selection_order: ``"filter_first"`` or ``"top_k_first"`` (the public reproduction), see
+            :func:`~msadkit.distill.gid.selection.select_general_instances`.
         relation_per_image: relation pairs within each image (True) or across the batch.
         output_size: ROIAlign output side.
         adapter_kernel_size: 1 or 3, kernel of the adapters.
@@ -82,6 +90,7 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
         score_mode: str = "max_abs_diff",
         min_box_size: float = 1.0,
         pre_nms_top_k: int = 3000,
+        selection_order: str = "filter_first",
         relation_per_image: bool = True,
         output_size: int = 10,
         adapter_kernel_size: int = 1,
@@ -97,6 +106,8 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
                 f"top_k >= 0, pre_nms_top_k >= 1, output_size >= 1 and min_box_size >= 0 are required, got "
                 f"top_k={top_k}, pre_nms_top_k={pre_nms_top_k}, output_size={output_size}, min_box_size={min_box_size}"
             )
+        if selection_order not in SELECTION_ORDERS:
+            raise ValueError(f"selection_order must be one of {SELECTION_ORDERS}, got {selection_order!r}")
         if adapter_kernel_size not in (1, 3):
             raise ValueError(f"adapter_kernel_size must be 1 or 3, got {adapter_kernel_size}")
         self.weights = weights
@@ -105,6 +116,7 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
         self.score_mode = score_mode
         self.min_box_size = float(min_box_size)
         self.pre_nms_top_k = int(pre_nms_top_k)
+        self.selection_order = selection_order
         self.relation_per_image = bool(relation_per_image)
         self.output_size = int(output_size)
         self.fcos_centerness = bool(fcos_centerness)
@@ -117,18 +129,19 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
             )
 
     def select(
-        self, student: DenseOutputs, teacher: DenseOutputs, image_shape: tuple[int, int]
+        self, student: DenseOutputs, teacher: DenseOutputs, image_sizes: list[tuple[int, int]]
     ) -> list[GeneralInstances]:
-        """The GIs of every image, boxes clipped to the padded ``(H, W)``."""
+        """The GIs of every image, boxes clipped to that image's valid ``(h, w)``."""
         return select_from_outputs(
             teacher,
             student,
-            image_shape,
+            image_sizes,
             iou_threshold=self.iou_threshold,
             top_k=self.top_k,
             score_mode=self.score_mode,
             min_box_size=self.min_box_size,
             pre_nms_top_k=self.pre_nms_top_k,
+            selection_order=self.selection_order,
         )
 
     def forward(
@@ -151,7 +164,8 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
         teacher_out = teacher.model.decode_dense(teacher.predictions, with_quality=self.fcos_centerness)
         check_same_prediction_shape(student_out.cls_logits, teacher_out.cls_logits, term=self.name)
 
-        instances = self.select(student_out, teacher_out, student.image_shape)
+        image_sizes = student.image_sizes or [student.image_shape] * student_out.boxes.shape[0]
+        instances = self.select(student_out, teacher_out, image_sizes)
         boxes = [gi.boxes for gi in instances]
 
         feature, student_rois, teacher_rois = gid_feature_loss(
@@ -199,7 +213,8 @@ def build_gid_term(
     """The ``gid`` term of ``distill.losses``.
 
     Options: ``iou_threshold`` 0.3, ``top_k`` 10, ``score_mode`` max_abs_diff | diff_of_max,
-    ``min_box_size`` 1.0, ``pre_nms_top_k`` 3000, ``relation_per_image`` true, ``feature_weight``
+    ``min_box_size`` 1.0, ``pre_nms_top_k`` 3000, ``selection_order`` filter_first | top_k_first,
+    ``relation_per_image`` true, ``feature_weight``
     5e-4, ``relation_weight`` 40, ``response_cls_weight`` 0.1, ``response_reg_weight`` 1.0,
     ``output_size`` 10, ``adapter_kernel_size`` 1, ``fcos_centerness`` false, ``weight`` 1.0,
     ``name`` loss_gid. Teacher and student must be the same detector type with the same

@@ -65,21 +65,22 @@ def check_pixel_normalization(cfg: CfgNode, config: dict[str, Any]) -> None:
     """Raise unless detectron2 normalises images the way the msadkit backbone was trained to see them.
 
     detectron2's meta-architectures compute ``(image - MODEL.PIXEL_MEAN) / MODEL.PIXEL_STD`` in
-    ``INPUT.FORMAT`` channel order; msadkit's backbones (and their ImageNet weights) expect RGB
-    normalised with ``data.pixel_mean`` / ``data.pixel_std``.
+    ``INPUT.FORMAT`` channel order; msadkit's backbones expect ``model.pixel_format`` normalised
+    with ``model.pixel_mean`` / ``model.pixel_std``.
 
     Raises:
         ConfigError: naming the detectron2 keys to set and their values.
     """
-    mean, std = list(config["data"]["pixel_mean"]), list(config["data"]["pixel_std"])
+    mean, std = list(config["model"]["pixel_mean"]), list(config["model"]["pixel_std"])
+    channel_order = str(config["model"]["pixel_format"]).upper()
 
     def same(a: Sequence[float], b: Sequence[float]) -> bool:
         return len(a) == len(b) and all(abs(float(x) - float(y)) < 1e-6 for x, y in zip(a, b))
 
-    if cfg.INPUT.FORMAT != "RGB" or not same(cfg.MODEL.PIXEL_MEAN, mean) or not same(cfg.MODEL.PIXEL_STD, std):
+    if cfg.INPUT.FORMAT != channel_order or not same(cfg.MODEL.PIXEL_MEAN, mean) or not same(cfg.MODEL.PIXEL_STD, std):
         raise ConfigError(
-            "MODEL.BACKBONE.NAME=build_msadkit_slimmable_fpn_backbone expects RGB images normalised like "
-            f"msadkit: set INPUT.FORMAT=RGB, MODEL.PIXEL_MEAN={mean}, MODEL.PIXEL_STD={std} (got "
+            f"MODEL.BACKBONE.NAME=build_msadkit_slimmable_fpn_backbone expects {channel_order} images normalised like "
+            f"msadkit: set INPUT.FORMAT={channel_order}, MODEL.PIXEL_MEAN={mean}, MODEL.PIXEL_STD={std} (got "
             f"{cfg.INPUT.FORMAT}, {list(cfg.MODEL.PIXEL_MEAN)}, {list(cfg.MODEL.PIXEL_STD)})"
         )
 

@@ -38,6 +38,8 @@ __all__ = [
     "convert_msadkit_to_detectron2",
     "convert_detectron2_to_msadkit",
     "export_msadkit_run",
+    "build_parser",
+    "parse_args",
     "main",
 ]
 
@@ -172,13 +174,18 @@ def _config_from_detectron2_yaml(config_file: str, opts: Sequence[str]) -> dict[
     return msadkit_config_from_cfg(cfg)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line entry point; returns the exit status (2 for a user error)."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser; read ``argv`` with :func:`parse_args` (options and ``KEY VALUE``
+    pairs may come in any order)."""
     parser = argparse.ArgumentParser(
         prog="python -m msadkit.integrations.detectron2.checkpoint_convert",
         description="Convert a checkpoint between msadkit and detectron2 (MsadkitDetector).",
     )
-    parser.add_argument("direction", choices=("to-detectron2", "to-msadkit"))
+    parser.add_argument(
+        "direction",
+        choices=("to-detectron2", "to-msadkit"),
+        help="to-detectron2: msadkit model_final.pth -> MsadkitDetector checkpoint; to-msadkit: the reverse",
+    )
     parser.add_argument("src", help="checkpoint to read")
     parser.add_argument("dst", help="checkpoint to write")
     parser.add_argument(
@@ -186,8 +193,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="to-msadkit: the detectron2 YAML (path or packaged name) that trained src, when src does not carry its config",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="detectron2 KEY VALUE pairs applied to --config-file")
-    args = parser.parse_args(argv)
+    # Not REMAINDER: that would swallow a --config-file written after the pairs or after dst.
+    parser.add_argument(
+        "opts", nargs="*", default=[], metavar="KEY VALUE", help="detectron2 KEY VALUE pairs applied to --config-file"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``direction src dst [--config-file CFG] [KEY VALUE ...]``, the options anywhere.
+
+    Exits with status 2 and a usage message when the pairs are not pairs, or name no config file.
+    """
+    parser = build_parser()
+    # Intermixed: positionals after an option still fill `opts` instead of being refused.
+    args = parser.parse_intermixed_args(argv)
+    if len(args.opts) % 2:
+        parser.error(f"KEY VALUE pairs expected after the files, got an odd number of items: {' '.join(args.opts)}")
+    if args.opts and not args.config_file:
+        parser.error(f"KEY VALUE pairs ({' '.join(args.opts)}) apply to a --config-file; give one")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point; returns the exit status (2 for a user error)."""
+    args = parse_args(argv)
     try:
         if args.direction == "to-detectron2":
             written = convert_msadkit_to_detectron2(args.src, args.dst)

@@ -3,8 +3,7 @@
 The mapping is deliberately simple: the msadkit config named by ``cfg.MSADKIT.CONFIG`` (plus
 ``cfg.MSADKIT.OVERRIDES``) drives the model (architecture, backbone, FPN, heads, distillation, pixel
 normalisation, padding), and detectron2's own keys drive data loading, resizing, the solver,
-checkpointing and evaluation. The ``data`` (other than ``pixel_mean``, ``pixel_std`` and
-``size_divisibility``), ``solver`` and ``trainer`` sections of the msadkit config are not used on
+checkpointing and evaluation. The ``data`` (other than ``size_divisibility``), ``solver`` and ``trainer`` sections of the msadkit config are not used on
 this path.
 """
 

@@ -3,7 +3,8 @@
 detectron2 hands a model a list of dicts, one per image, holding ``"image"`` (a ``(C, H, W)`` uint8
 tensor in ``cfg.INPUT.FORMAT`` at the data loader's resized size), ``"instances"`` (``gt_boxes``,
 ``gt_classes``) while training, and the original ``"height"`` / ``"width"``. msadkit's models take a
-normalised RGB batch padded to a size divisibility, the valid size of each image and target dicts
+uint8 RGB batch padded to a size divisibility, normalised on the device by the config's
+``model.pixel_*`` convention, the valid size of each image and target dicts
 (``docs/architecture.md``). This module converts between the two and nothing else: the model is
 ``msadkit.modeling.registry.build_model`` of the msadkit config, unchanged.
 """
@@ -24,6 +25,7 @@ from msadkit.data.batching import collate_detection
 from msadkit.errors import ConfigError, InputError
 from msadkit.integrations.detectron2.config import msadkit_config_from_cfg
 from msadkit.engine.trainer import build_training_model
+from msadkit.modeling.image_batch import PixelNormalizer
 from msadkit.modeling.registry import build_model
 from msadkit.distill.distiller import Distiller
 
@@ -45,8 +47,9 @@ class MsadkitDetector(nn.Module):
 
     Args:
         model: what ``msadkit.modeling.registry.build_model`` returned.
-        pixel_mean: RGB mean in 0..255 (msadkit's ``data.pixel_mean``).
-        pixel_std: RGB standard deviation in 0..255 (msadkit's ``data.pixel_std``).
+        pixel_mean: mean in 0..255 in ``pixel_format`` order (msadkit's ``model.pixel_mean``).
+        pixel_std: standard deviation in 0..255 (msadkit's ``model.pixel_std``).
+        pixel_format: channel order the msadkit model expects (``model.pixel_format``: rgb or bgr).
         size_divisibility: padded height and width are multiples of it (msadkit's
             ``data.size_divisibility``: 32, or 256 for MSAD).
         input_format: channel order of the images detectron2 loads (``cfg.INPUT.FORMAT``).
@@ -63,14 +66,11 @@ class MsadkitDetector(nn.Module):
         size_divisibility: int,
         input_format: str = "RGB",
         msadkit_config: dict[str, Any] | None = None,
+        pixel_format: str = "rgb",
     ) -> None:
         super().__init__()
         if input_format not in INPUT_FORMATS:
             raise ConfigError(f"INPUT.FORMAT must be one of {INPUT_FORMATS} for MsadkitDetector, got {input_format!r}")
-        if len(pixel_mean) != 3 or len(pixel_std) != 3 or any(s <= 0 for s in pixel_std):
-            raise ConfigError(
-                f"data.pixel_mean and data.pixel_std need 3 values each (std positive), got {list(pixel_mean)}, {list(pixel_std)}"
-            )
         if size_divisibility < 1:
             raise ConfigError(f"data.size_divisibility must be >= 1, got {size_divisibility}")
         if isinstance(model, Distiller):
@@ -81,9 +81,8 @@ class MsadkitDetector(nn.Module):
         else:
             self.model = model
             self._distiller = []
-        # Non-persistent: they come from the config, never from a checkpoint.
-        self.register_buffer("pixel_mean", torch.tensor([float(v) for v in pixel_mean]).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor([float(v) for v in pixel_std]).view(3, 1, 1), persistent=False)
+        # Non-persistent statistics: they come from the config, never from a checkpoint.
+        self.pixels = PixelNormalizer(pixel_mean, pixel_std, pixel_format)
         self.size_divisibility = int(size_divisibility)
         self.input_format = input_format
         self.msadkit_config = msadkit_config
@@ -100,8 +99,9 @@ class MsadkitDetector(nn.Module):
         data = config["data"]
         return {
             "model": build_model(config) if for_inference else build_training_model(config),
-            "pixel_mean": data["pixel_mean"],
-            "pixel_std": data["pixel_std"],
+            "pixel_mean": config["model"]["pixel_mean"],
+            "pixel_std": config["model"]["pixel_std"],
+            "pixel_format": config["model"]["pixel_format"],
             "size_divisibility": data["size_divisibility"],
             "input_format": cfg.INPUT.FORMAT,
             "msadkit_config": config,
@@ -109,7 +109,7 @@ class MsadkitDetector(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.pixel_mean.device
+        return self.pixels.mean.device
 
     @property
     def distiller(self) -> Distiller | None:
@@ -127,11 +127,12 @@ class MsadkitDetector(nn.Module):
         """Normalise and pad the images as msadkit's data pipeline does.
 
         Args:
-            batched_inputs: detectron2 inputs; ``"image"`` is ``(3, Hi, Wi)`` in ``input_format``.
+            batched_inputs: detectron2 inputs; ``"image"`` is ``(3, Hi, Wi)`` uint8 in ``input_format``.
 
         Returns:
-            ``images (N, 3, H, W)`` float32 RGB, ``(x - mean) / std``, zero padded at the bottom and
-            right to multiples of ``size_divisibility``, and the ``(Hi, Wi)`` of each image.
+            ``images (N, 3, H, W)`` float32 in the model's ``pixel_format``, ``(x - mean) / std``,
+            padded with 0 at the bottom and right to multiples of ``size_divisibility``, and the
+            ``(Hi, Wi)`` of each image.
         """
         if not batched_inputs:
             raise InputError("MsadkitDetector got an empty list of inputs")
@@ -141,12 +142,13 @@ class MsadkitDetector(nn.Module):
             if not isinstance(image, Tensor) or image.dim() != 3 or image.shape[0] != 3:
                 shape = tuple(image.shape) if isinstance(image, Tensor) else type(image).__name__
                 raise InputError(f"input {index}: 'image' must be a (3, H, W) tensor, got {shape}")
-            image = image.to(device=self.device, dtype=torch.float32)
-            if self.input_format == "BGR":
-                image = image.flip(0)
-            samples.append(((image - self.pixel_mean) / self.pixel_std, {}))
+            if image.dtype != torch.uint8:
+                raise InputError(f"input {index}: 'image' must be uint8 (as detectron2's DatasetMapper gives), got {image.dtype}")
+            image = image.to(device=self.device)
+            # PixelNormalizer takes RGB and applies the model's own channel order.
+            samples.append((image.flip(0) if self.input_format == "BGR" else image, {}))
         batch = collate_detection(samples, size_divisibility=self.size_divisibility)
-        return batch.images, batch.image_sizes
+        return self.pixels(batch.images, batch.image_sizes), batch.image_sizes
 
     def targets(self, batched_inputs: list[dict[str, Any]]) -> list[dict[str, Tensor]]:
         """msadkit targets ``{"boxes": (M, 4) xyxy float32, "labels": (M,) int64}`` from ``"instances"``."""

@@ -18,6 +18,7 @@ from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_stric
 from msadkit.errors import CheckpointError
 from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.norm import FrozenBatchNorm2d, freeze_batchnorm, get_norm
+from msadkit.modeling.backbones.weight_sources import resolve_weights_file
 
 __all__ = [
     "RESNET_STRIDES",
@@ -149,12 +150,13 @@ def torchvision_resnet(
     norm: str = "FrozenBN",
     freeze_at: int = 0,
 ) -> TorchvisionResNet:
-    """Build a torchvision ResNet-50/101 backbone (nothing is downloaded).
+    """Build a torchvision ResNet-50/101 backbone (downloading only weights named ``torchvision://``).
 
     Args:
         depth: 50 or 101.
         weights_path: optional torchvision-format state dict, loaded with
-            :func:`load_torchvision_weights`.
+            :func:`load_torchvision_weights`: a file, or ``torchvision://ResNet50_Weights.IMAGENET1K_V1``
+            (any torchvision ResNet weight enum member), fetched into torch's hub cache on first use.
         norm: "FrozenBN" (default; BN layers frozen with the loaded statistics), "BN", "SyncBN"
             or "GN".
         freeze_at: 0 trains everything, 1 freezes the stem, 2 the stem and res2, ... 5 all.
@@ -166,5 +168,5 @@ def torchvision_resnet(
     # Freezing first rejects a bad freeze_at before the file is read; loading fills frozen layers too.
     freeze_stages(model, TorchvisionResNet.STAGES, freeze_at)
     if weights_path is not None:
-        load_torchvision_weights(model, weights_path)
+        load_torchvision_weights(model, resolve_weights_file(weights_path, depth=depth))
     return model

@@ -46,9 +46,10 @@ import torch
 from torch import nn
 
 from msadkit.utils.checkpoint import format_keys, key_problems, load_checkpoint_file, load_state_dict_strict
-from msadkit.errors import CheckpointError
+from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.norm import FrozenBatchNorm2d, get_norm
 from msadkit.modeling.backbones.resnet import RESNET_STRIDES, freeze_stages
+from msadkit.modeling.backbones.weight_sources import is_torchvision_weights
 from msadkit.modeling.image_batch import check_image_batch
 
 __all__ = [
@@ -250,6 +251,12 @@ def load_slimmable_checkpoint(model: SlimmableResNet50, path: str | os.PathLike,
             unfilled, a checkpoint key (other than ``classifier.*``) maps to nothing, or a stored
             tensor is too small or of the wrong shape. The message names the file and the keys.
     """
+    if is_torchvision_weights(path):
+        raise ConfigError(
+            f"model.backbone.weights={path}: torchvision's ResNet weights are single-width; slimmable_resnet50 "
+            "loads the multi-width s_resnet50_0.25_0.5_0.75_1.0.pt (docs/pretrained_weights.md says where it comes "
+            "from), or use model.backbone.name=resnet50 with torchvision weights"
+        )
     _check_width(width)
     if width != model.width:
         raise ValueError(f"load_slimmable_checkpoint: width {width} differs from the model's width {model.width}")

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
+from msadkit.modeling.detectors.postprocess import select_detections_nms_first, top_candidates
 from msadkit.modeling.outputs import DenseOutputs
 from msadkit.modeling.detectors.fcos_targets import (
     DEFAULT_SIZES_OF_INTEREST,
@@ -44,6 +45,11 @@ class FCOS(DenseDetector):
         strides: stride of each used level in input pixels.
         sizes_of_interest: per level ``(lo, hi]`` range of the largest regression distance.
         center_sampling_radius: centre region radius in strides.
+        giou_smoothing: added to intersection and union of the GIoU loss (1 in the MSAD code,
+            ``model.fcos.giou_smoothing``).
+        clip_before_nms: clip and drop empty boxes before NMS and keep the top detections by
+            slicing (msadkit); False gives the MSAD code's order (``model.fcos.clip_before_nms``,
+            :func:`~msadkit.modeling.detectors.postprocess.select_detections_nms_first`).
         input_downsample, focal_alpha, focal_gamma, score_thresh, topk_candidates, nms_thresh,
             detections_per_image: see :class:`DenseDetector`.
     """
@@ -58,6 +64,8 @@ class FCOS(DenseDetector):
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZES_OF_INTEREST,
         center_sampling_radius: float = 1.5,
+        giou_smoothing: float = 0.0,
+        clip_before_nms: bool = True,
         **common: Any,
     ) -> None:
         super().__init__(
@@ -65,6 +73,23 @@ class FCOS(DenseDetector):
         )
         self.sizes_of_interest = tuple(tuple(float(v) for v in rng) for rng in sizes_of_interest)
         self.center_sampling_radius = center_sampling_radius
+        self.giou_smoothing = float(giou_smoothing)
+        self.clip_before_nms = bool(clip_before_nms)
+
+    def select_detections(
+        self, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor], image_size: tuple[int, int]
+    ) -> dict[str, Tensor]:
+        """See :meth:`DenseDetector.select_detections`; ``clip_before_nms=False`` runs the MSAD order."""
+        if self.clip_before_nms:
+            return super().select_detections(boxes, scores, labels, image_size)
+        return select_detections_nms_first(
+            torch.cat(boxes),
+            torch.cat(scores),
+            torch.cat(labels),
+            image_size,
+            nms_thresh=self.nms_thresh,
+            detections_per_image=self.detections_per_image,
+        )
 
     def flatten_predictions(self, predictions: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """Concatenate levels: ``(N, R, K)`` logits, ``(N, R, 4)`` regression, ``(N, R)`` centerness."""
@@ -125,7 +150,15 @@ class FCOS(DenseDetector):
         """FCOS losses of one branch; ``strides`` overrides the level strides (MSAD low-res)."""
         cls, reg, ctr = self.flatten_predictions(predictions)
         fcos_targets = self.assign(predictions, targets, strides)
-        return fcos_losses(cls, reg, ctr, fcos_targets, focal_alpha=self.focal_alpha, focal_gamma=self.focal_gamma)
+        return fcos_losses(
+            cls,
+            reg,
+            ctr,
+            fcos_targets,
+            focal_alpha=self.focal_alpha,
+            focal_gamma=self.focal_gamma,
+            giou_smoothing=self.giou_smoothing,
+        )
 
     @torch.no_grad()
     def postprocess(
@@ -159,9 +192,8 @@ class FCOS(DenseDetector):
                 candidate = probs > self.score_thresh
                 scores = (probs * ctr[i]).sqrt()[candidate]
                 location_idx, labels = candidate.nonzero(as_tuple=True)
-                if scores.numel() > self.topk_candidates:
-                    scores, keep = scores.topk(self.topk_candidates)
-                    location_idx, labels = location_idx[keep], labels[keep]
+                scores, keep = top_candidates(scores, self.topk_candidates)
+                location_idx, labels = location_idx[keep], labels[keep]
                 boxes_all.append(decode_ltrb(loc[location_idx], reg[i][location_idx]))
                 scores_all.append(scores)
                 labels_all.append(labels)

@@ -12,15 +12,19 @@ from msadkit.utils.distributed import reduce_mean
 __all__ = ["ltrb_giou_loss", "sigmoid_focal_loss_sum", "fcos_losses"]
 
 
-def ltrb_giou_loss(pred: Tensor, target: Tensor) -> Tensor:
+def ltrb_giou_loss(pred: Tensor, target: Tensor, *, smoothing: float = 0.0) -> Tensor:
     """GIoU loss ``1 - GIoU`` between boxes given as distances from a common point.
 
     Both boxes share the anchor point, so their intersection and enclosing box follow from the
-    per-side minimum and maximum of the distances.
+    per-side minimum and maximum of the distances. The IoU term is
+    ``(intersection + smoothing) / (union + smoothing)``; the MSAD code adds 1 there (its
+    ``IOULoss``), on boxes measured in strides, which lowers the loss of boxes one or two strides
+    wide noticeably (docs/deviations.md). The enclosing-box term has no smoothing in either.
 
     Args:
         pred: ``(R, 4)`` non-negative ``(l, t, r, b)``.
         target: ``(R, 4)`` positive ``(l, t, r, b)`` in the same units.
+        smoothing: added to intersection and union (0 for the plain GIoU, 1 for the MSAD code).
 
     Returns:
         ``(R,)`` losses in ``[0, 2]``.
@@ -33,7 +37,10 @@ def ltrb_giou_loss(pred: Tensor, target: Tensor) -> Tensor:
     enclose_h = torch.maximum(pred[:, 1], target[:, 1]) + torch.maximum(pred[:, 3], target[:, 3])
     intersection = inter_w * inter_h
     union = pred_area + target_area - intersection
-    iou = intersection / union.clamp(min=1e-7)
+    if smoothing:
+        iou = (intersection + smoothing) / (union + smoothing)
+    else:
+        iou = intersection / union.clamp(min=1e-7)
     enclosing = (enclose_w * enclose_h).clamp(min=1e-7)
     giou = iou - (enclosing - union) / enclosing
     return 1 - giou
@@ -81,6 +88,7 @@ def fcos_losses(
     *,
     focal_alpha: float = 0.25,
     focal_gamma: float = 2.0,
+    giou_smoothing: float = 0.0,
 ) -> dict[str, Tensor]:
     """The three FCOS losses of one branch.
 
@@ -89,6 +97,7 @@ def fcos_losses(
         bbox_reg: ``(N, R, 4)`` predicted ``(l, t, r, b)`` in stride units.
         centerness: ``(N, R)`` logits.
         targets: from :func:`~msadkit.modeling.detectors.fcos_targets.assign_fcos_targets`.
+        giou_smoothing: see :func:`ltrb_giou_loss` (``model.fcos.giou_smoothing``).
 
     Returns:
         ``{"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}``: focal loss summed and divided by
@@ -115,6 +124,7 @@ def fcos_losses(
         # Keep the graph connected so every parameter gets a (zero) gradient under DDP.
         zero = bbox_reg.sum() * 0 + centerness.sum() * 0
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": zero, "loss_fcos_ctr": zero.clone()}
-    loss_loc = (ltrb_giou_loss(reg_pred, reg_target) * ctr_target).sum() / ctr_sum.clamp(min=1e-6)
+    giou_losses = ltrb_giou_loss(reg_pred, reg_target, smoothing=giou_smoothing)
+    loss_loc = (giou_losses * ctr_target).sum() / ctr_sum.clamp(min=1e-6)
     loss_ctr = F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="sum") / num_pos.clamp(min=1.0)
     return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}

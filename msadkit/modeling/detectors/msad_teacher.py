@@ -158,7 +158,13 @@ class MSADTeacher(nn.Module):
         for branch, weight in (("high", 1.0), ("low", 1.0), ("fused", self.fused_loss_weight)):
             cls, reg, ctr = self.detector.flatten_predictions(predictions[branch])
             terms = fcos_losses(
-                cls, reg, ctr, assigned, focal_alpha=self.detector.focal_alpha, focal_gamma=self.detector.focal_gamma
+                cls,
+                reg,
+                ctr,
+                assigned,
+                focal_alpha=self.detector.focal_alpha,
+                focal_gamma=self.detector.focal_gamma,
+                giou_smoothing=self.detector.giou_smoothing,
             )
             for key, value in terms.items():
                 losses[f"{branch}_{key}"] = value * weight

@@ -28,6 +28,7 @@ from msadkit.modeling.detectors.anchor_matching import (
 from msadkit.modeling.detectors.anchors import AnchorGenerator
 from msadkit.modeling.detectors.box_coder import BoxCoder
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
+from msadkit.modeling.detectors.postprocess import top_candidates
 from msadkit.modeling.outputs import DenseOutputs
 
 __all__ = ["RetinaNet", "AnchorAssignment", "match_anchors", "BACKGROUND", "IGNORE", "BOX_LOSSES"]
@@ -106,7 +107,8 @@ class RetinaNet(DenseDetector):
     @staticmethod
     def feature_shapes(predictions: dict[str, list[Tensor]]) -> list[tuple[int, int]]:
         """``(Hi, Wi)`` of every level of ``predictions``."""
-        return [(int(x.shape[-2]), int(x.shape[-1])) for x in predictions["cls_logits"]]
+        # Not int(): traced for export, the sizes stay symbolic.
+        return [(x.shape[-2], x.shape[-1]) for x in predictions["cls_logits"]]
 
     def anchors(self, feature_shapes: Sequence[tuple[int, int]], strides: Sequence[int] | None = None) -> list[Tensor]:
         """Per level float32 ``(Hi*Wi*A, 4)`` anchors; ``strides`` overrides the level strides."""
@@ -313,9 +315,8 @@ class RetinaNet(DenseDetector):
                 scores = probs[i].flatten()
                 candidate_idx = (scores > self.score_thresh).nonzero().flatten()
                 scores = scores[candidate_idx]
-                if scores.numel() > self.topk_candidates:
-                    scores, keep = scores.topk(self.topk_candidates)
-                    candidate_idx = candidate_idx[keep]
+                scores, keep = top_candidates(scores, self.topk_candidates)
+                candidate_idx = candidate_idx[keep]
                 anchor_idx = candidate_idx // self.num_classes
                 boxes_all.append(self.box_coder.decode(deltas[i][anchor_idx], level_anchors[anchor_idx]))
                 scores_all.append(scores)

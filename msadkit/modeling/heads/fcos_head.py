@@ -37,6 +37,8 @@ class FCOSHead(nn.Module):
         num_convs: convs per tower.
         norm: norm layer name for ``msadkit.modeling.norm.get_norm`` ("GN", "BN", "" for none).
         prior_prob: initial foreground probability of the classifier.
+        tower_conv_bias: the tower convs have a bias (the MSAD code: yes; by default only
+            without a norm layer).
     """
 
     def __init__(
@@ -48,18 +50,18 @@ class FCOSHead(nn.Module):
         num_convs: int = 4,
         norm: str = "GN",
         prior_prob: float = 0.01,
+        tower_conv_bias: bool | None = None,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.cls_tower = conv_tower(in_channels, num_convs, norm)
-        self.bbox_tower = conv_tower(in_channels, num_convs, norm)
+        self.cls_tower = conv_tower(in_channels, num_convs, norm, conv_bias=tower_conv_bias)
+        self.bbox_tower = conv_tower(in_channels, num_convs, norm, conv_bias=tower_conv_bias)
         self.cls_logits = nn.Conv2d(in_channels, num_classes, 3, padding=1)
         self.bbox_pred = nn.Conv2d(in_channels, 4, 3, padding=1, bias=False)
         self.centerness = nn.Conv2d(in_channels, 1, 3, padding=1, bias=False)
         self.scales = nn.ModuleList(Scale(1.0) for _ in range(num_levels))
 
         init_dense_head(self, self.cls_logits, prior_prob)
-
 
     def forward(self, levels: list[Tensor]) -> dict[str, list[Tensor]]:
         """Predict on each level.

@@ -11,12 +11,24 @@ from msadkit.modeling.norm import get_norm
 __all__ = ["conv_tower", "init_dense_head"]
 
 
-def conv_tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
-    """``num_convs`` x (3x3 conv, optional norm, ReLU), keeping ``channels``."""
+def conv_tower(channels: int, num_convs: int, norm: str, *, conv_bias: bool | None = None) -> nn.Sequential:
+    """``num_convs`` x (3x3 conv, optional norm, ReLU), keeping ``channels``.
+
+    Args:
+        channels: input and output channels of every conv.
+        num_convs: number of conv blocks.
+        norm: norm layer name (``""`` for none).
+        conv_bias: whether the convs have a bias; ``None`` gives them one only without a norm.
+            The MSAD and FCOS code keep the bias before GroupNorm (``model.fcos.tower_conv_bias``).
+    """
+    if conv_bias is None:
+        conv_bias = not norm
     layers: list[nn.Module] = []
     for _ in range(num_convs):
-        # A following norm layer has its own shift, so the conv bias would be redundant.
-        layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=not norm))
+        # Dropping the bias loses nothing only before a per-channel norm (BatchNorm), whose own
+        # shift absorbs it. GroupNorm with several channels per group removes only the group mean,
+        # so a per-channel bias still changes its output; the MSAD weights carry one.
+        layers.append(nn.Conv2d(channels, channels, 3, padding=1, bias=conv_bias))
         if norm:
             layers.append(get_norm(norm, channels))
         layers.append(nn.ReLU(inplace=True))

@@ -1,0 +1,211 @@
+"""Detections of a finished run on one's own images: drawn PNGs and a COCO results json (``msadkit predict``).
+
+The detections come from :func:`msadkit.engine.inference.detect_images`, the inference
+``msadkit pseudo-label`` runs: the run's test resize, batching, padding, its model (an MSAD teacher's
+chosen branch, a low-resolution student's 0.5x input path) and boxes mapped back to original pixels.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from msadkit.engine.inference import detect_images, run_categories
+from msadkit.engine.semi_supervised import IMAGE_SUFFIXES
+from msadkit.errors import ConfigError, InputError
+from msadkit.modeling.loading import load_run_model, read_run_checkpoint
+from msadkit.utils.atomic import atomic_write
+from msadkit.utils.run_folder import write_json_atomic
+
+__all__ = ["DETECTIONS_NAME", "PredictSummary", "load_predictor", "collect_image_files", "predict_images"]
+
+DETECTIONS_NAME = "detections.json"
+# One colour per category id (cycled), so classes stay apart in the drawn images.
+_PALETTE = ("red", "lime", "blue", "yellow", "magenta", "cyan", "orange", "white")
+
+
+@dataclass
+class PredictSummary:
+    """What :func:`predict_images` did: drawn files, detections kept and the images it could not read."""
+
+    out_dir: Path
+    drawn: list[Path] = field(default_factory=list)
+    num_detections: int = 0
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_predictor(
+    run: str | os.PathLike, *, branch: str | None = None, device: torch.device | str = "cpu", argument: str = "RUN"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, config)`` of a finished run in eval mode; ``branch`` picks an MSAD teacher's branch.
+
+    Raises:
+        CheckpointError: the run folder has no weights (an unfinished run) or they do not fit.
+        ConfigError: ``branch`` for a model that is not an MSAD teacher.
+    """
+    overrides = None
+    if branch is not None:
+        config, _, _ = read_run_checkpoint(run, argument=argument, require_weights=False)
+        if config["model"]["arch"] != "msad_teacher":
+            raise ConfigError(
+                f"--branch {branch}: only an MSAD teacher has branches; {run} is a {config['model']['arch']} run"
+            )
+        overrides = {"model": {"msad": {"eval_branch": branch}}}
+    return load_run_model(run, overrides=overrides, device=device, argument=argument)
+
+
+def collect_image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
+    """The image files named by ``inputs``: files as given, folders by their image files (sorted, not recursive).
+
+    Raises:
+        InputError: nothing given, a path that does not exist, a folder without image files, or
+            two images whose drawn PNGs would get the same name.
+    """
+    if not inputs:
+        raise InputError("IMAGES: give at least one image file or folder")
+    files: list[Path] = []
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"IMAGES {item}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"IMAGES {item}: no such image file or folder")
+    by_output: dict[str, Path] = {}
+    for path in files:
+        other = by_output.setdefault(path.stem + ".png", path)
+        if other.resolve() != path.resolve():
+            raise InputError(
+                f"IMAGES: {other} and {path} would both be drawn as {path.stem}.png; predict them into separate --out folders"
+            )
+    return list(by_output.values())  # an image named twice is predicted once
+
+
+def _decode_rgb(path: Path) -> np.ndarray:
+    """``(H, W, 3)`` uint8 RGB pixels, as the dataset decodes them."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def _check_readable(files: Sequence[Path]) -> tuple[dict[int, Path], list[dict[str, Any]], list[tuple[Path, str]]]:
+    """``(path of each image id, records, unreadable)``: image records ``{"id", "file_name", "width",
+    "height"}`` of the files that decode, and the others with the reason."""
+    paths, records, unreadable = {}, [], []
+    for path in files:
+        try:
+            pixels = _decode_rgb(path)
+        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
+            unreadable.append((path, f"{type(exc).__name__}: {exc}"))
+            continue
+        height, width = pixels.shape[:2]
+        paths[len(records) + 1] = path
+        records.append({"id": len(records) + 1, "file_name": str(path.absolute()), "width": width, "height": height})
+    return paths, records, unreadable
+
+
+def _draw(path: Path, detections: list[dict[str, Any]], names: dict[int, str], out: Path) -> Path:
+    """Write ``path`` with its detections drawn (class name and score) as a PNG at ``out``, atomically."""
+    from torchvision.utils import draw_bounding_boxes
+
+    image = torch.from_numpy(_decode_rgb(path).copy()).permute(2, 0, 1)
+    if detections:
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in detections)])
+        labels = [f"{names[d['category_id']]} {d['score']:.2f}" for d in detections]
+        colors = [_PALETTE[d["category_id"] % len(_PALETTE)] for d in detections]
+        image = draw_bounding_boxes(image, boxes, labels=labels, colors=colors, width=2)
+    with atomic_write(out, "wb") as handle:
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(handle, format="PNG")
+    return out
+
+
+def predict_images(
+    model: nn.Module,
+    config: dict[str, Any],
+    images: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    score_threshold: float = 0.5,
+    device: torch.device | str = "cpu",
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> PredictSummary:
+    """Detect objects on image files and write ``out_dir/<name>.png`` per image and ``out_dir/detections.json``.
+
+    ``detections.json`` is a COCO results list, one entry per detection scoring at least
+    ``score_threshold``: ``{"image_file", "image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+    with boxes in original pixels. An image that cannot be decoded is reported in the summary and
+    skipped; the others are still processed.
+
+    Args:
+        model: the run's detector, weights loaded.
+        config: its config (test sizes, pixel convention, training categories).
+        images: image files and folders.
+        out_dir: the folder to write (created).
+        score_threshold: minimum score of a kept detection, in [0, 1].
+        device: where the model runs.
+        batch_size: images per forward pass (default ``trainer.eval_batch_size``).
+        progress: show a progress bar.
+
+    Raises:
+        ConfigError: a score threshold outside [0, 1].
+        InputError: no images, ``out_dir`` cannot be written or would overwrite an input image, or
+            no image is readable.
+    """
+    if not 0.0 <= score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
+    files = collect_image_files(images)
+    out = Path(out_dir).expanduser()
+    overwritten = [p for p in files if (out / f"{p.stem}.png").resolve() == p.resolve()]
+    if overwritten:
+        raise InputError(
+            f"--out {out_dir}: the drawn image would replace the input {overwritten[0]}; choose another folder"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"--out {out_dir}: cannot create the folder: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"--out {out_dir}: the folder is not writable")
+    sources, records, unreadable = _check_readable(files)
+    summary = PredictSummary(out_dir=out, unreadable=unreadable)
+    if not records:
+        names = ", ".join(str(p) for p, _ in unreadable)
+        raise InputError(f"IMAGES: none of the images can be read ({names})")
+    categories = run_categories(config)
+    names = {int(c["id"]): str(c.get("name", c["id"])) for c in categories}
+    results = detect_images(
+        model, config, records, Path.cwd(), categories, device=device, batch_size=batch_size, progress=progress
+    )
+    kept: dict[int, list[dict[str, Any]]] = {record["id"]: [] for record in records}
+    for result in results:
+        if result["score"] >= score_threshold:
+            kept[result["image_id"]].append(result)
+    entries = []
+    for record in records:
+        path = sources[record["id"]]
+        detections = sorted(kept[record["id"]], key=lambda d: -d["score"])
+        for d in detections:
+            entries.append(
+                {
+                    "image_file": str(path),
+                    "image_id": record["id"],
+                    "category_id": int(d["category_id"]),
+                    "bbox": [float(v) for v in d["bbox"]],
+                    "score": float(d["score"]),
+                }
+            )
+        summary.drawn.append(_draw(path, detections, names, out / f"{path.stem}.png"))
+    write_json_atomic(out / DETECTIONS_NAME, entries)
+    summary.num_detections = len(entries)
+    return summary
