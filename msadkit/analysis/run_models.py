@@ -15,6 +15,7 @@ from msadkit.engine.run_evaluation import evaluate_run
 from msadkit.errors import ConfigError
 from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.utils.run_folder import read_run_config
+from msadkit.utils.device import resolve_device
 
 __all__ = ["load_image_batch", "count_images", "display_images", "evaluate_msad_branches"]
 
@@ -47,7 +48,8 @@ def load_image_batch(
             f"image indices {list(indices)} must be non-empty and within the {len(dataset)} images of the {split} split"
         )
     collate = DetectionCollator(config["data"]["size_divisibility"])
-    return to_model_input(collate([dataset[int(i)] for i in indices]), pixel_normalizer(config), device)
+    batch = collate([dataset[int(i)] for i in indices])
+    return to_model_input(batch, pixel_normalizer(config), resolve_device(device, argument="device"))
 
 
 def count_images(config: dict[str, Any], *, split: str = "val") -> int:

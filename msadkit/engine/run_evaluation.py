@@ -85,4 +85,6 @@ def evaluate_run(
     run_dir = Path(run_dir)
     model, config = load_run_model(run_dir, weights=weights, overrides=overrides, device=device, argument="run")
     dataset = build_dataset(config, "val")
-    return evaluate_model(model, config, run_dir if write else None, dataset=dataset, device=device, name=name)
+    return evaluate_model(
+        model, config, run_dir if write else None, dataset=dataset, device=next(model.parameters()).device, name=name
+    )

@@ -20,6 +20,7 @@ from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
 from msadkit.utils.run_folder import CONFIG_NAME, FINAL_WEIGHTS_NAME, read_run_config
+from msadkit.utils.device import resolve_device
 
 __all__ = ["checkpoint_state_dict", "load_model_weights", "read_run_checkpoint", "load_run_model"]
 
@@ -109,7 +110,7 @@ def load_run_model(
             another run, a Lightning ``.ckpt``).
         overrides: nested config values to change, checked like config keys (e.g.
             ``{"model": {"msad": {"eval_branch": "high"}}}``).
-        device: where to put the model.
+        device: where to put the model: ``auto`` (a GPU when present), ``cpu``, ``cuda[:N]`` or a device.
         argument: the key or parameter that named ``source``, for error messages.
 
     Returns:
@@ -126,4 +127,4 @@ def load_run_model(
         load_model_weights(model, weights)
     else:
         load_state_dict_strict(model, state, weights_path)
-    return model.to(device).eval(), config
+    return model.to(resolve_device(device, argument="device")).eval(), config

@@ -179,12 +179,16 @@ class DenseDetector(nn.Module):
 
     # Training and inference --------------------------------------------------------------------
 
+    def detection_selector(self):
+        """The post-processing function :meth:`select_detections` runs (a detector may offer another order)."""
+        return select_detections
+
     def select_detections(
         self, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor], image_size: tuple[int, int]
     ) -> dict[str, Tensor]:
         """One image's detections from its per-level candidates (``(Ri, 4)`` boxes, ``(Ri,)`` scores and
         labels): clipped to ``image_size``, empty boxes dropped, class-wise NMS, the best kept."""
-        return select_detections(
+        return self.detection_selector()(
             torch.cat(boxes),
             torch.cat(scores),
             torch.cat(labels),

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
-from msadkit.modeling.detectors.postprocess import select_detections_nms_first, top_candidates
+from msadkit.modeling.detectors.postprocess import select_detections, select_detections_nms_first, top_candidates
 from msadkit.modeling.outputs import DenseOutputs
 from msadkit.modeling.detectors.fcos_targets import (
     DEFAULT_SIZES_OF_INTEREST,
@@ -76,20 +76,9 @@ class FCOS(DenseDetector):
         self.giou_smoothing = float(giou_smoothing)
         self.clip_before_nms = bool(clip_before_nms)
 
-    def select_detections(
-        self, boxes: list[Tensor], scores: list[Tensor], labels: list[Tensor], image_size: tuple[int, int]
-    ) -> dict[str, Tensor]:
-        """See :meth:`DenseDetector.select_detections`; ``clip_before_nms=False`` runs the MSAD order."""
-        if self.clip_before_nms:
-            return super().select_detections(boxes, scores, labels, image_size)
-        return select_detections_nms_first(
-            torch.cat(boxes),
-            torch.cat(scores),
-            torch.cat(labels),
-            image_size,
-            nms_thresh=self.nms_thresh,
-            detections_per_image=self.detections_per_image,
-        )
+    def detection_selector(self):
+        """Clip, then NMS (msadkit); ``clip_before_nms=False`` runs the MSAD order (NMS on unclipped boxes)."""
+        return select_detections if self.clip_before_nms else select_detections_nms_first
 
     def flatten_predictions(self, predictions: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
         """Concatenate levels: ``(N, R, K)`` logits, ``(N, R, 4)`` regression, ``(N, R)`` centerness."""
