@@ -60,3 +60,16 @@ def test_string_key_that_looks_like_a_number_stays_a_string():
 def test_a_number_is_still_refused_where_a_string_is_expected():
     with pytest.raises(ConfigError, match="model.arch.*must be of type str"):
         load_config("fcos_demo", ["model.arch=1.5"])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("model.pixel_std=[1, x, 3]", "model.pixel_std.*must be of type list of float"),
+        ("data.train_short_sides=[64, 1.5]", "data.train_short_sides.*must be of type list of int"),
+        ("solver.steps=oops", "solver.steps.*must be of type list of int"),
+    ],
+)
+def test_a_wrong_list_names_the_element_type_it_needs(override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config("fcos_demo", [override])

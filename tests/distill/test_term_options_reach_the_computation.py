@@ -147,3 +147,16 @@ def test_gid_min_box_size_drops_smaller_boxes(gid_setting):
     for gi in large:
         assert (gi.boxes[:, 2] - gi.boxes[:, 0] >= cut).all() and (gi.boxes[:, 3] - gi.boxes[:, 1] >= cut).all()
     assert sum(len(gi.boxes) for gi in large) < sum(len(gi.boxes) for gi in all_sizes)
+
+
+def test_gid_pre_nms_top_k_and_score_mode_reach_the_selection(gid_setting):
+    _, capped = _run_gid(gid_setting, top_k=5000, pre_nms_top_k=6)
+    _, uncapped = _run_gid(gid_setting, top_k=5000)
+    assert all(1 <= len(gi.boxes) <= 6 for gi in capped)
+    assert sum(len(gi.boxes) for gi in uncapped) > sum(len(gi.boxes) for gi in capped)
+    _, by_max_abs = _run_gid(gid_setting, top_k=10, score_mode="max_abs_diff")
+    _, by_diff_of_max = _run_gid(gid_setting, top_k=10, score_mode="diff_of_max")
+    assert any(
+        not torch.equal(a.scores, b.scores) or not torch.equal(a.boxes, b.boxes)
+        for a, b in zip(by_max_abs, by_diff_of_max)
+    )

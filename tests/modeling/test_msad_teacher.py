@@ -214,3 +214,46 @@ def test_flops_inputs_follow_the_eval_branch(teacher):
         assert [tuple(x.shape) for x in teacher.bottom_up_inputs(images)] == [(1, 3, 128, 256)]
     finally:
         teacher.eval_branch = "fused"
+
+
+def test_branch_losses_use_the_detectors_focal_and_giou_settings():
+    """Non-default focal alpha/gamma and GIoU smoothing reach all three branches' losses."""
+    settings = ["model.fcos.focal_alpha=0.4", "model.fcos.focal_gamma=1.5", "model.fcos.giou_smoothing=1.0"]
+    model = tiny_teacher("model.backbone.norm=GN", *settings).train()
+    torch.manual_seed(2)
+    images = torch.randn(1, 3, 256, 256)
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 40.0, 44.0], [60.0, 50.0, 200.0, 230.0]]), "labels": torch.tensor([0, 2])}]
+    losses = model(images, None, targets)
+    detector = model.detector
+    assert (detector.focal_alpha, detector.focal_gamma, detector.giou_smoothing) == (0.4, 1.5, 1.0)
+    high = high_res_levels(model, images)
+    low = low_res_levels(model, images)
+    for name, levels in (("high", high), ("low", low), ("fused", fused_by_hand(model, high, low))):
+        branch = detector.losses(detector.predict(levels), targets, (256, 256), strides=(8, 16, 32, 64, 128))
+        weight = model.fused_loss_weight if name == "fused" else 1.0
+        for key, value in branch.items():
+            torch.testing.assert_close(losses[f"{name}_{key}"], weight * value, rtol=1e-4, atol=1e-6)
+    # The same weights with the default settings give other classification and box losses.
+    default = tiny_teacher("model.backbone.norm=GN").train()
+    default.load_state_dict(model.state_dict())
+    plain = default(images, None, targets)
+    for key in ("high_loss_fcos_cls", "high_loss_fcos_loc", "fused_loss_fcos_cls", "low_loss_fcos_loc"):
+        assert abs(plain[key].item() - losses[key].item()) > 1e-4 * abs(plain[key].item()), key
+
+
+def test_inference_without_image_sizes_uses_the_whole_non_square_batch(scoring_teacher):
+    torch.manual_seed(6)
+    images = torch.randn(2, 3, 256, 512)
+    with torch.no_grad():
+        detections = scoring_teacher(images)
+        high, low = high_res_levels(scoring_teacher, images), low_res_levels(scoring_teacher, images)
+        levels = fused_by_hand(scoring_teacher, high, low)
+        reference = scoring_teacher.detector.postprocess(
+            scoring_teacher.detector.predict(levels), [(256, 512)] * 2, (256, 512)
+        )
+    assert len(detections) == 2
+    for found, expected in zip(detections, reference):
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(found[key], expected[key], rtol=1e-4, atol=1e-4)
+    # Some boxes reach past x = 256: the width is the batch's 512, not its height.
+    assert max(float(d["boxes"][:, 2].max()) for d in detections) > 256.0
