@@ -449,3 +449,85 @@ def test_relation_loss_is_exact_for_embeddings_far_from_the_origin():
     # Same points, same normalised distances: the loss is zero up to rounding (the matrix-product
     # path gives about 0.6 here).
     assert gid_relation_loss(far, near, image_index).item() < 1e-5
+
+
+@pytest.mark.parametrize("strides", [[], [0, 1], [-8, -16], [12, 24], [8, 32], [8, 16, 48]])
+def test_feature_loss_refuses_strides_that_are_not_consecutive_powers_of_two(strides):
+    levels = [torch.zeros(1, 2, 4, 4) for _ in strides]
+    boxes = [torch.tensor([[0.0, 0.0, 8.0, 8.0]])]
+    with pytest.raises(ValueError, match="consecutive powers of two"):
+        gid_feature_loss(levels, levels, boxes, strides)
+
+
+def _bilinear(feature, y, x):
+    """``feature (C, H, W)`` at the continuous index ``(y, x)``, as ROIAlign samples (edges clamped)."""
+    height, width = feature.shape[-2:]
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = min(int(math.floor(y)), height - 1), min(int(math.floor(x)), width - 1)
+    y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
+    y, x = (float(y0) if y0 == height - 1 else y), (float(x0) if x0 == width - 1 else x)
+    ty, tx = y - y0, x - x0
+    return (
+        (1 - ty) * (1 - tx) * feature[:, y0, x0]
+        + (1 - ty) * tx * feature[:, y0, x1]
+        + ty * (1 - tx) * feature[:, y1, x0]
+        + ty * tx * feature[:, y1, x1]
+    )
+
+
+def _roi_align_by_hand(feature, box, stride, size, ratio=2):
+    """ROIAlign with ``aligned=True``: pixel centres at half-integers, ``ratio x ratio`` samples per bin."""
+    x1, y1, x2, y2 = (float(v) / stride - 0.5 for v in box)
+    bin_w, bin_h = (x2 - x1) / size, (y2 - y1) / size
+    out = torch.zeros(feature.shape[0], size, size, dtype=torch.float64)
+    for i in range(size):
+        for j in range(size):
+            for a in range(ratio):
+                for b in range(ratio):
+                    y = y1 + (i + (a + 0.5) / ratio) * bin_h
+                    x = x1 + (j + (b + 0.5) / ratio) * bin_w
+                    out[:, i, j] += _bilinear(feature, y, x) / ratio**2
+    return out
+
+
+def test_feature_loss_matches_roi_align_and_fpn_levels_written_out_by_hand():
+    """Boxes of 40, 500 and 1000 px go to P4 (clamped up), P5 and P5 (clamped down from P6)."""
+    strides = [16, 32]
+    sizes = [(64, 64), (32, 32)]
+    grid = lambda h, w, power: torch.stack(  # noqa: E731
+        [
+            (torch.arange(w, dtype=torch.float64).view(1, w) ** power + 0.3 * torch.arange(h, dtype=torch.float64).view(h, 1)).expand(h, w),
+            torch.arange(h, dtype=torch.float64).view(h, 1).expand(h, w) ** power,
+        ]
+    )
+    teacher = [grid(h, w, 2).unsqueeze(0) for h, w in sizes]
+    student = [grid(h, w, 1).unsqueeze(0) * 0.5 for h, w in sizes]
+    boxes = [torch.tensor([[100.0, 120.0, 140.0, 160.0], [150.0, 100.0, 650.0, 600.0], [10.0, 10.0, 1010.0, 1000.0]])]
+    expected_levels = [0, 1, 1]
+    assert assign_fpn_levels(boxes[0], min_level=1, max_level=9).tolist() == [1, 5, 6]
+    loss, student_rois, teacher_rois = gid_feature_loss(
+        [s.float() for s in student], [t.float() for t in teacher], boxes, strides, output_size=3
+    )
+    total = 0.0
+    for k, level in enumerate(expected_levels):
+        t = _roi_align_by_hand(teacher[level][0], boxes[0][k], strides[level], 3)
+        s = _roi_align_by_hand(student[level][0], boxes[0][k], strides[level], 3)
+        torch.testing.assert_close(teacher_rois[0][k].double(), t, rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(student_rois[0][k].double(), s, rtol=1e-4, atol=1e-3)
+        total += float(((t - s) ** 2).sum())
+    assert loss.item() == pytest.approx(total / (3 * 3 * 3), rel=1e-4)
+
+
+def test_feature_loss_argument_checks_name_what_is_wrong():
+    levels = [torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 4, 4)]
+    boxes = [torch.tensor([[0.0, 0.0, 16.0, 16.0]])]
+    with pytest.raises(ValueError, match="1 student levels, 2 teacher levels and 2 strides"):
+        gid_feature_loss(levels[:1], levels, boxes, [8, 16])
+    with pytest.raises(ValueError, match="output_size must be >= 1, got 0"):
+        gid_feature_loss(levels, levels, boxes, [8, 16], output_size=0)
+    loss, rois, _ = gid_feature_loss(levels, levels, boxes, [8, 16], output_size=1)
+    assert rois[0].shape == (1, 2, 1, 1) and loss.item() == 0.0
+    wide = [torch.zeros(1, 5, 8, 8), torch.zeros(1, 5, 4, 4)]
+    narrow = [torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)]
+    with pytest.raises(ValueError, match="level 3 has 3 student channels and 5 teacher channels"):
+        gid_feature_loss(narrow, wide, boxes, [8, 16])

@@ -160,3 +160,14 @@ def test_gid_pre_nms_top_k_and_score_mode_reach_the_selection(gid_setting):
         not torch.equal(a.scores, b.scores) or not torch.equal(a.boxes, b.boxes)
         for a, b in zip(by_max_abs, by_diff_of_max)
     )
+
+
+def test_gid_selection_order_reaches_the_selection(gid_setting):
+    """top_k_first takes the pre-NMS top-k before dropping small boxes, so fewer remain."""
+    common = {"top_k": 5000, "pre_nms_top_k": 40, "min_box_size": 0.0}
+    _, everything = _run_gid(gid_setting, **common)
+    sides = torch.cat([torch.minimum(gi.boxes[:, 2] - gi.boxes[:, 0], gi.boxes[:, 3] - gi.boxes[:, 1]) for gi in everything])
+    common["min_box_size"] = float(sides.median())
+    _, filter_first = _run_gid(gid_setting, **common, selection_order="filter_first")
+    _, top_k_first = _run_gid(gid_setting, **common, selection_order="top_k_first")
+    assert sum(len(gi.boxes) for gi in top_k_first) < sum(len(gi.boxes) for gi in filter_first)
