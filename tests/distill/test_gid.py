@@ -531,3 +531,24 @@ def test_feature_loss_argument_checks_name_what_is_wrong():
     narrow = [torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)]
     with pytest.raises(ValueError, match="level 3 has 3 student channels and 5 teacher channels"):
         gid_feature_loss(narrow, wide, boxes, [8, 16])
+
+
+def test_gi_scores_of_both_modes_by_hand():
+    teacher = torch.tensor([[[0.9, 0.1, 0.0], [0.2, 0.3, 0.1]]])
+    student = torch.tensor([[[0.5, 0.6, 0.0], [0.2, 0.1, 0.7]]])
+    # max_c |p_t - p_s|: row 0 max(0.4, 0.5, 0) = 0.5; row 1 max(0, 0.2, 0.6) = 0.6
+    torch.testing.assert_close(gi_scores(teacher, student, score_mode="max_abs_diff"), torch.tensor([[0.5, 0.6]]))
+    # |max_c p_t - max_c p_s| per location: row 0 |0.9 - 0.6| = 0.3; row 1 |0.3 - 0.7| = 0.4
+    torch.testing.assert_close(gi_scores(teacher, student, score_mode="diff_of_max"), torch.tensor([[0.3, 0.4]]))
+
+
+def test_selection_input_errors_name_the_argument_and_shapes():
+    scores = torch.zeros(1, 4, 3)
+    boxes = torch.zeros(1, 4, 4)
+    with pytest.raises(ValueError, match=r"teacher_scores and student_scores must both have shape \(N, R, K\), got "
+                       r"teacher_scores \(1, 4, 3\) and student_scores \(1, 4, 2\)"):
+        select_general_instances(scores, torch.zeros(1, 4, 2), boxes, boxes)
+    with pytest.raises(ValueError, match=r"select_general_instances: teacher_boxes must have shape \(N, R, 4\)"):
+        select_general_instances(scores, scores, torch.zeros(1, 3, 4), boxes)
+    with pytest.raises(ValueError, match=r"select_general_instances: student_boxes must have shape \(N, R, 4\)"):
+        select_general_instances(scores, scores, boxes, torch.zeros(1, 4, 5))
