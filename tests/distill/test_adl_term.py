@@ -82,6 +82,9 @@ def test_retinanet_ignored_anchors_are_left_out():
     # With no boxes nothing is ignored and all nine anchors count.
     all_rows = term(student, teacher, [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}], 0)
     assert all_rows["cls"].item() == pytest.approx(reference_adl(rows_s, rows_t), rel=1e-5)
+    # The per-image reduction leaves the same ignored anchors out.
+    per_image = AdaptiveDistillationTerm(reduction="image")(student, teacher, targets, 0)["cls"]
+    assert per_image.item() == pytest.approx(expected, rel=1e-5)
 
 
 def _fcos_predictions(cls: torch.Tensor) -> dict[str, list[torch.Tensor]]:
