@@ -552,3 +552,24 @@ def test_selection_input_errors_name_the_argument_and_shapes():
         select_general_instances(scores, scores, torch.zeros(1, 3, 4), boxes)
     with pytest.raises(ValueError, match=r"select_general_instances: student_boxes must have shape \(N, R, 4\)"):
         select_general_instances(scores, scores, boxes, torch.zeros(1, 4, 5))
+
+
+def test_fpn_levels_of_one_level_and_of_degenerate_boxes():
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 900.0, 900.0]])
+    single = assign_fpn_levels(boxes, min_level=4, max_level=4)
+    assert single.tolist() == [4, 4] and single.dtype == torch.int64
+    # A box without area goes to the lowest level, however long its other side.
+    flat = assign_fpn_levels(torch.tensor([[0.0, 0.0, 0.0, 100000.0], [5.0, 0.0, 100005.0, 0.0]]), min_level=3, max_level=7)
+    assert flat.tolist() == [3, 3]
+
+
+def test_relation_loss_is_scale_free_for_small_embeddings_and_checks_its_inputs():
+    torch.manual_seed(0)
+    teacher = torch.randn(5, 8)
+    image_index = torch.zeros(5, dtype=torch.int64)
+    # Distances far below 1: normalising by their mean still makes a scaled copy cost nothing.
+    assert gid_relation_loss(1e-4 * teacher, teacher, image_index).item() < 1e-6
+    with pytest.raises(ValueError, match="embeddings must have shape"):
+        gid_relation_loss(torch.zeros(5, 8), torch.zeros(5, 8, 1), image_index)
+    with pytest.raises(ValueError, match="student_embeddings has 5 instances but teacher_embeddings has 4"):
+        gid_relation_loss(torch.zeros(5, 8), torch.zeros(4, 8), image_index)
