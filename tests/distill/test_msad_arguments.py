@@ -40,3 +40,21 @@ def test_level_errors_name_the_level_the_shapes_and_the_fix():
         msad_feature_loss([torch.zeros(1, 3, 2, 2)], [good])
     with pytest.raises(ValueError, match=r"student has 5 channels but teacher has 4 .*; the adapter's output channels do not match the teacher"):
         msad_feature_loss([torch.zeros(1, 3, 2, 2)], [good], adapters=[nn.Conv2d(3, 5, 1)])
+
+
+def test_the_terms_options_reach_its_loss():
+    from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
+
+    torch.manual_seed(0)
+    student_levels = [torch.randn(1, 4, 4, 4) for _ in range(3)]
+    teacher_levels = [torch.randn(1, 4, 4, 4) for _ in range(3)]
+    term = MSADFeatureLoss(
+        student_channels=4, teacher_channels=4, loss_type="mse", alpha=0.7, temperature=2.0, ramp_iters=10, num_levels=3
+    )
+    student = StudentOutputs(None, student_levels, None, (32, 32))
+    teacher = TeacherOutputs(teacher_levels, None, None)
+    value = term(student, teacher, [], 5)[""]
+    expected = msad_feature_loss(student_levels, teacher_levels, loss_type="mse", alpha=0.7, temperature=2.0, ramp=0.5)
+    assert value.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert value.item() != pytest.approx(msad_feature_loss(student_levels, teacher_levels, ramp=0.5).item(), rel=1e-3)
+    assert len(MSADFeatureLoss(student_channels=2, teacher_channels=4, num_levels=3).adapters) == 3
