@@ -34,7 +34,7 @@ SEQUENCES = {
     "smoke": "Two-minute smoke test",
     "msad": "MSAD (multi-scale aligned distillation)",
     "adl_sad_gid": "ADL / SAD and GID",
-    "notebooks": "Notebooks",
+    "notebooks": "Batch (papermill)",
 }
 # Each step may take a few minutes on a loaded 2-core machine; a hang should not block CI forever.
 STEP_TIMEOUT_S = 1800
@@ -127,3 +127,10 @@ def test_readme_sequence_runs(sequence, tmp_path):
         if argv[0] == "pseudo-label" and result.stdout.startswith("0 pseudo-labels"):
             assert "holds no box" in result.stderr and "--score-threshold" in result.stderr, output
     print(f"{sequence}: {len(commands)} commands in {time.perf_counter() - started:.0f} s")
+
+
+@pytest.mark.parametrize("sequence", list(SEQUENCES))
+def test_every_readme_sequence_still_has_its_block(sequence):
+    """Fast guard for the slow test above: a README edit that moves or renames a block fails here."""
+    commands = readme_block(SEQUENCES[sequence])
+    assert any("msadkit " in text for _, text in commands), f"no msadkit command under {SEQUENCES[sequence]!r}"
