@@ -11,9 +11,11 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -28,6 +30,7 @@ __all__ = [
     "ratio_summary",
     "print_header",
     "synthetic_boxes",
+    "replace_markdown_section",
 ]
 
 
@@ -166,3 +169,23 @@ def synthetic_boxes(
         labels = torch.randint(0, num_classes, (num_boxes,), generator=generator)
         targets.append({"boxes": boxes, "labels": labels})
     return targets
+
+
+def replace_markdown_section(path: Path | str, heading: str, body: str) -> None:
+    """Put ``heading`` + ``body`` into the Markdown file ``path``, replacing the section that starts
+    with the same heading line (up to the next ``## `` heading) or appending it; written atomically.
+
+    Args:
+        heading: the whole heading line, e.g. ``"## MSAD effectiveness on the synthetic dataset"``.
+    """
+    from msadkit.utils.atomic import write_text_atomic
+
+    path = Path(path)
+    text = path.read_text() if path.is_file() else "# Benchmark results\n"
+    section = f"{heading}\n\n{body.strip()}\n"
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + section
+    write_text_atomic(path, text)

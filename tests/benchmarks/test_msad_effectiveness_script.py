@@ -1,0 +1,205 @@
+"""benchmarks/msad_effectiveness.py without training: the runs it plans, its sweep order, its target arithmetic."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from msadkit.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _script("msad_effectiveness")
+
+
+def _args(bench, out: Path, *argv: str, pretrained: Path | None = None):
+    args = bench.build_parser().parse_args(["--out", str(out), *argv])
+    args.pretrained = pretrained  # what main() makes of --pretrained
+    return args
+
+
+def _value(command: list[str], key: str) -> str | None:
+    found = [item.split("=", 1)[1] for item in command if item.startswith(key + "=")]
+    return found[-1] if found else None
+
+
+def test_every_run_gets_its_length_seed_lr_backbone_and_teacher(bench, tmp_path):
+    weights = tmp_path / "backbone.pt"
+    args = _args(bench, tmp_path / "runs", "--teacher-iters", "40", "--iters", "25", "--lr", "0.03", pretrained=weights)
+    lengths = {"fcos_high": 40, "fcos_low": 25, "fcos_low_matched": 65, "msad_teacher": 40, "msad_student": 25,
+               "msad_student_no_kd": 25}
+    configs = {"fcos_high": "msad/fcos_high_demo", "fcos_low": "msad/fcos_low_demo",
+               "fcos_low_matched": "msad/fcos_low_demo", "msad_teacher": "msad/msad_teacher_demo",
+               "msad_student": "msad/msad_student_demo", "msad_student_no_kd": "msad/msad_student_demo"}
+    assert set(bench.MODELS) == set(lengths) == set(bench.PRIORITY)
+    for method, length in lengths.items():
+        command = bench.command(args, method, 2)
+        assert command[3:5] == ["train", configs[method]]
+        assert command[command.index("--iterations") + 1] == str(length)
+        assert _value(command, "output_dir") == str(tmp_path / "runs" / f"{method}_s2")
+        assert _value(command, "trainer.seed") == "2"
+        assert _value(command, "solver.base_lr") == "0.03"
+        assert _value(command, "model.backbone.weights") == str(weights)
+        teacher = _value(command, "distill.teacher")
+        if method in ("msad_student", "msad_student_no_kd"):
+            assert teacher == str(tmp_path / "runs" / "msad_teacher_s2")  # its own seed's teacher
+        else:
+            assert teacher is None
+        # Only the ablation changes the KD term; the student keeps its config's.
+        assert (_value(command, "distill.losses") is not None) == (method == "msad_student_no_kd")
+
+    scratch = _args(bench, tmp_path / "runs", pretrained=None)
+    assert _value(bench.command(scratch, "fcos_high", 0), "model.backbone.weights") is None
+    assert bench.command(scratch, "fcos_low_matched", 0)[6] == "750"  # defaults: 450 + 300
+
+
+def test_ablation_config_equals_the_students_but_for_the_kd_weight(bench, tmp_path):
+    args = _args(bench, tmp_path, "solver.batch_size=4", pretrained=tmp_path / "w.pt")
+    student = load_config("msad/msad_student_demo", bench.overrides(args, "msad_student", 1))
+    ablation = load_config("msad/msad_student_demo", bench.overrides(args, "msad_student_no_kd", 1))
+    assert ablation["distill"]["losses"] == [{"type": "msad_feature", "weight": 0.0}]
+    assert student["distill"]["losses"][0]["weight"] == 1.0
+    assert ablation["distill"]["init_student_from_teacher"] is True
+    assert ablation["distill"]["teacher"] == student["distill"]["teacher"]
+    for config in (student, ablation):
+        del config["distill"]["losses"], config["output_dir"]
+    assert ablation == student
+    assert student["solver"]["batch_size"] == 4  # the overrides for every run reach it
+
+    low = load_config("msad/fcos_low_demo", bench.overrides(args, "fcos_low", 1))
+    matched = load_config("msad/fcos_low_demo", bench.overrides(args, "fcos_low_matched", 1))
+    assert matched["distill"]["teacher"] is None and not matched["distill"]["init_student_from_teacher"]
+    assert matched["trainer"]["checkpoint_period"] == 750 and low["trainer"]["checkpoint_period"] == 300
+
+
+def _write_run(out: Path, method: str, seed: int, ap: float) -> None:
+    folder = out / f"{method}_s{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "eval.json").write_text(json.dumps({"AP": ap, "APs": ap / 2, "APm": ap, "APl": ap * 1.5}))
+
+
+def _write_table(out: Path, aps: dict[str, list[float]]) -> None:
+    for method, values in aps.items():
+        for seed, ap in enumerate(values):
+            _write_run(out, method, seed, ap)
+
+
+def test_targets_pass(bench, tmp_path):
+    _write_table(tmp_path, {
+        "fcos_high": [30.0, 32.0, 31.0],
+        "fcos_low": [26.0, 27.0, 28.0],  # gap 4, 5, 3: mean 4 >= 3
+        "fcos_low_matched": [28.0, 29.0, 30.0],  # high - matched 2, 3, 1: half the mean is 1.0
+        "msad_student": [29.5, 30.5, 31.0],  # student - matched 1.5, 1.5, 1.0: mean 1.33 >= 1.0
+        "msad_student_no_kd": [28.5, 29.3, 30.2],  # KD gain 1.0, 1.2, 0.8: mean 1.0 > 2 x std 0.2
+    })
+    gap, matched, kd = bench.target_checks(bench.results(tmp_path, [0, 1, 2]))
+    assert (gap.passed, matched.passed, kd.passed) == (True, True, True)
+    assert "seed 0 +4.0, seed 1 +5.0, seed 2 +3.0; mean +4.0 ± 1.0" in gap.text and "3 of 3" in gap.text
+    assert "= +1.00" in matched.text and "3 of 3" in matched.text
+    assert "mean +1.0 ± 0.2" in kd.text and "= 0.40" in kd.text
+    table = bench.format_table(bench.results(tmp_path, [0, 1, 2]), {"fcos_high": "40"})
+    assert "| FCOS high-res (256 px) | 40 | 3 | 31.0 ± 1.0 | 15.5 ± 0.5 | 31.0 ± 1.0 | 46.5 ± 1.5 |" in table
+    assert table.count("**PASS**") == 3
+
+
+def test_targets_missed(bench, tmp_path):
+    _write_table(tmp_path, {
+        "fcos_high": [30.0, 31.0, 32.0],
+        "fcos_low": [28.0, 29.0, 29.0],  # gap 2, 2, 3: mean 2.33 < 3, though seed 2 alone meets it
+        "fcos_low_matched": [29.0, 30.0, 31.0],  # high - matched 1, 1, 1: half is 0.5
+        "msad_student": [29.25, 30.25, 31.25],  # student - matched 0.25 each < 0.5
+        # KD gain 1.5, 2.5, 0.5: mean 1.5 is not > 2 x std 1.0 (it is > 2 x the standard error 0.58)
+        "msad_student_no_kd": [27.75, 27.75, 30.75],
+    })
+    gap, matched, kd = bench.target_checks(bench.results(tmp_path, [0, 1, 2]))
+    assert (gap.passed, matched.passed, kd.passed) == (False, False, False)
+    assert "1 of 3" in gap.text and "0 of 3" in matched.text
+    assert "mean +1.5 ± 1.0" in kd.text and "= 2.00" in kd.text
+    assert bench.format_table(bench.results(tmp_path, [0, 1, 2])).count("**MISSED**") == 3
+
+
+def test_targets_pair_by_seed_and_need_two_seeds_for_the_kd_spread(bench, tmp_path):
+    _write_table(tmp_path, {"fcos_high": [30.0, 20.0], "fcos_low": [26.0], "msad_student": [25.0],
+                            "msad_student_no_kd": [24.0]})
+    gap, matched, kd = bench.target_checks(bench.results(tmp_path, [0, 1]))
+    assert gap.passed is True and "seed 0 +4.0; mean +4.0;" in gap.text  # seed 1 has no low-res run
+    assert matched.passed is None and kd.passed is None
+    assert "**n/a**" in kd.line()
+
+
+def test_reused_run_with_other_settings_is_refused(bench, tmp_path):
+    args = _args(bench, tmp_path, "--iters", "25", pretrained=None)
+    folder = tmp_path / "fcos_low_s0"
+    folder.mkdir()
+    config = {"solver": {"max_iter": 25, "base_lr": 0.03}, "model": {"backbone": {"weights": None}}}
+    (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
+    bench.check_reused(args, "fcos_low", 0)
+    config["solver"]["max_iter"] = 300
+    (folder / "config.yaml").write_text(json.dumps(config))
+    with pytest.raises(bench.SweepError, match=r"fcos_low_s0 .*iterations 300.* asks for 25"):
+        bench.check_reused(args, "fcos_low", 0)
+
+
+class _FakeRun:
+    """A run that ends on its ``polls``-th poll and then writes its eval.json, unless it is meant to fail."""
+
+    def __init__(self, folder: Path, fails: bool, polls: int) -> None:
+        self.folder, self.fails, self.polls = folder, fails, polls
+
+    def poll(self) -> int | None:
+        self.polls -= 1
+        if self.polls > 0:
+            return None
+        if self.fails:
+            return 1
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "eval.json").write_text('{"AP": 1.0}')
+        return 0
+
+
+def test_sweep_starts_students_after_their_teacher_and_skips_those_of_a_failed_one(bench, tmp_path, monkeypatch):
+    # Three slots: the baselines finish while the (slower) teachers still train, so the students
+    # come up in the queue before their teachers are done.
+    args = _args(bench, tmp_path, "--seeds", "0", "1", "--jobs", "3", pretrained=None)
+    started: list[tuple[str, int]] = []
+
+    def fake_launch(args, method, seed):
+        if bench.MODELS[method].from_teacher:
+            assert (tmp_path / f"msad_teacher_s{seed}" / "eval.json").is_file(), (method, seed)
+        started.append((method, seed))
+        polls = 6 if method == "msad_teacher" else 1
+        return _FakeRun(tmp_path / f"{method}_s{seed}", fails=(method, seed) == ("msad_teacher", 1), polls=polls)
+
+    monkeypatch.setattr(bench, "launch", fake_launch)
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    walls, failed = bench.sweep(args)
+    assert started[:2] == [("msad_teacher", 0), ("msad_teacher", 1)]  # the teachers go first
+    assert sorted(failed) == [("msad_student", 1), ("msad_student_no_kd", 1), ("msad_teacher", 1)]
+    assert len(started) == 10 and ("msad_student", 1) not in started
+    assert set(walls) == set(started)
+
+
+def test_markdown_section_is_replaced_in_place(tmp_path):
+    common = _script("common")
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Results\n\n## Before\n\nkept\n\n## Mine\n\nold table\n\n## After\n\nkept too\n")
+    common.replace_markdown_section(path, "## Mine", "new table\n")
+    assert path.read_text() == "# Results\n\n## Before\n\nkept\n\n## Mine\n\nnew table\n\n## After\n\nkept too\n"
+    common.replace_markdown_section(path, "## Other", "appended")
+    assert path.read_text().endswith("## After\n\nkept too\n\n## Other\n\nappended\n")
