@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from msad_effectiveness import environment_lines  # noqa: E402
+from common import environment_lines  # noqa: E402
 
 CONFIGS = {"high": "msad/fcos_high_demo", "low": "msad/fcos_low_demo"}
 

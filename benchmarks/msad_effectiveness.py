@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# environment_lines is imported from here by convergence.py too.
 from common import environment_lines, mean_std, replace_markdown_section  # noqa: E402
 
 HEADING = "## MSAD effectiveness on the synthetic dataset"

@@ -442,7 +442,7 @@ def test_grid_and_value_parsing():
 
 
 @pytest.mark.slow
-def test_demo_runs_all_notebooks_and_learns(tmp_path, capsys, monkeypatch):
+def test_demo_runs_all_notebooks_and_shows_the_papers_ordering(tmp_path, capsys, monkeypatch):
     # Single-threaded kernels: on a shared test machine two threads per kernel slow down many times.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
@@ -450,12 +450,17 @@ def test_demo_runs_all_notebooks_and_learns(tmp_path, capsys, monkeypatch):
     assert "AP table:" in out and "figures:" in out
     table = tmp_path / "demo" / "04_ap_table"
     with open(table / "ap_table.csv", newline="") as handle:
-        rows = {row["method"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"msad_teacher", "fcos", "msad_student"}
-    # An untrained detector scores 0 AP50 here; every demo model must clearly beat that.
-    for row in rows.values():
-        assert float(row["AP50"]) > 2.0, row
-    for name in ("01_teacher_training", "02_student_distillation", "03_feature_alignment", "04_ap_table"):
+        rows = {(row["method"], row["resolution"]): row for row in csv.DictReader(handle)}
+    ap = {key: float(row["AP"]) for key, row in rows.items()}
+    teacher, student = ap.pop(("msad_teacher", "high+low")), ap.pop(("msad_student", "low"))
+    high, low = ap.pop(("fcos", "high")), ap.pop(("fcos", "low"))
+    assert not ap, ap
+    # The converged demo: a teacher that detects, and the ordering of the paper's table
+    # (an untrained detector scores 0 here; seed-to-seed spread is about 1-2 AP).
+    assert teacher >= 25.0
+    assert teacher >= high > low and student > low, (teacher, high, low, student)
+    for name in ("01_teacher_training", "01_high_res_baseline", "02_student_distillation", "03_feature_alignment",
+                 "04_ap_table"):
         results = json.loads((tmp_path / "demo" / name / "results.json").read_text())
         assert results["complete"] is True
         for rel in results["figures"].values():
