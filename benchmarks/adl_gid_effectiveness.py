@@ -21,18 +21,27 @@ The script then prints the COCO AP table: mean ± std over seeds, each method's 
 baseline paired by seed (mean ± sample std, n-1, of the per-seed differences) and the target
 verdict: PASS when the gain is >= 1.0 AP and >= 2 x its std, else MISSED. With ``--results`` it
 writes the table into that Markdown file under the heading ``## ADL and GID on the synthetic
-dataset`` (replacing an older version of the section).
+dataset`` (replacing an older version of the section; a tuning table goes under its own heading,
+``... : tuning runs``).
 
 Protocol: choose the settings on a tuning seed (``--tuning-seed``, 100 by default, never a reported
 seed; its students go to ``<out>/tuning/`` and its table is marked as tuning), then run the reported
 seeds once with the chosen settings. Both use the same teacher (``<out>/teacher`` or ``--teacher``).
+A method's own settings go in ``--set METHOD:KEY=VALUE`` (the teacher's command, and so its reuse,
+stays unchanged); try another setting in another ``--out`` with ``--teacher <first out>/teacher``.
+
+Sizes: the demo configs train the teacher 600 and the students 300 iterations at 256 px; at that
+size the teacher, pseudo-labels and 5 methods x 3 seeds would need an estimated 100 minutes on an idle
+2-core machine, so the defaults keep the iteration counts at 128 px images (128 validation images),
+an estimated 27 minutes there (each run single-threaded, two at a time; both pretrainings included),
+within the 60-minute budget (a machine loaded by other work stretches it, see RESULTS.md).
 
 Run folders that already hold an ``eval.json`` are reused, so an interrupted sweep continues where
 it stopped and ``--table-only`` reprints the table; a folder trained with other settings (its
 ``sweep_command.json`` differs) stops the sweep with an error instead of entering the table.
 
-    MSADKIT_CACHE=/tmp/msadcache python benchmarks/adl_gid_effectiveness.py --out runs/adl_gid --tuning-seed
-    MSADKIT_CACHE=/tmp/msadcache python benchmarks/adl_gid_effectiveness.py --out runs/adl_gid \\
+    MSADKIT_CACHE=<cache folder> python benchmarks/adl_gid_effectiveness.py --out runs/adl_gid --tuning-seed
+    MSADKIT_CACHE=<cache folder> python benchmarks/adl_gid_effectiveness.py --out runs/adl_gid \\
         --results benchmarks/RESULTS.md
 """
 
@@ -46,8 +55,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import environment_lines, mean_std  # noqa: E402
@@ -133,6 +142,11 @@ def automatic_roles(args: argparse.Namespace) -> list[str]:
     return [TEACHER] if len(args.pretrained) == 1 and args.pretrained != ["none"] else []
 
 
+def method_overrides(args: argparse.Namespace, method: str) -> list[str]:
+    """The ``--set METHOD:KEY=VALUE`` overrides of one method (or of the teacher)."""
+    return [item.split(":", 1)[1] for item in args.set if item.split(":", 1)[0] == method]
+
+
 def schedule(iters: int) -> list[str]:
     # The demo schedule's shape: LR steps at 80 % and 93 % of training, warm-up over the first 1/6.
     return [
@@ -177,6 +191,7 @@ def teacher_command(args: argparse.Namespace) -> list[str]:
         *start_overrides(args, TEACHER),
         *data_overrides(args),
         *args.overrides,
+        *method_overrides(args, TEACHER),
     ]
     return [sys.executable, "-m", "msadkit.cli", "train", CONFIGS[args.detector][TEACHER], *overrides]
 
@@ -202,7 +217,10 @@ def student_command(args: argparse.Namespace, method: str, seed: int) -> list[st
         overrides.append(f"distill.teacher={teacher_dir(args)}")
     if method == "sad":
         overrides.append(f"data.pseudo_labels_json={pseudo_labels(args)}")
-    return [sys.executable, "-m", "msadkit.cli", "train", CONFIGS[args.detector][method], *overrides, *args.overrides]
+    return [
+        sys.executable, "-m", "msadkit.cli", "train", CONFIGS[args.detector][method],
+        *overrides, *args.overrides, *method_overrides(args, method),
+    ]
 
 
 class Job:
@@ -286,8 +304,8 @@ def launch(job: Job, threads: int) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     if command[3] == "train" and (job.folder / "checkpoints" / "last.ckpt").is_file():
         command = [*command, "--resume"]  # an interrupted sweep continues the run
-    log = open(job.folder / job.log, "a")
-    return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    with open(job.folder / job.log, "a") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def sweep(args: argparse.Namespace) -> dict[str, float]:
@@ -385,9 +403,11 @@ def format_table(args: argparse.Namespace) -> str:
     lines += [
         "",
         f"AP per seed {' / '.join(str(s) for s in args.seeds)}: " + "; ".join(per_seed) + ".",
-        "Gain: mean ± sample standard deviation (n-1) over seeds of the per-seed paired AP difference "
-        f"(method - baseline, same seed). Target: PASS when gain >= {TARGET_GAIN:g} AP and gain >= "
-        f"{TARGET_STDS:g} x that std, else MISSED.",
+        (
+            "Gain: mean ± sample standard deviation (n-1) over seeds of the per-seed paired AP difference "
+            f"(method - baseline, same seed). Target: PASS when gain >= {TARGET_GAIN:g} AP and gain >= "
+            f"{TARGET_STDS:g} x that std, else MISSED."
+        ),
     ]
     return "\n".join(lines)
 
@@ -416,7 +436,7 @@ def write_section(path: Path, body: str, heading: str = HEADING) -> None:
     """Put ``heading`` + ``body`` into ``path``, replacing the old section (up to the next ``## ``)."""
     text = path.read_text() if path.is_file() else "# Benchmark results\n"
     section = f"{heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
     else:
@@ -438,6 +458,7 @@ def settings_line(args: argparse.Namespace) -> str:
         f"students {args.iters} iterations, teacher {args.teacher_iters}, LR {args.lr:g}, {start}, {seeds}, "
         f"pseudo-label threshold {args.score_threshold}, {args.jobs} runs at a time with {args.threads} thread(s) each"
         + (f", overrides {args.overrides}" if args.overrides else "")
+        + (f", per-method overrides {args.set}" if args.set else "")
     )
 
 
@@ -451,15 +472,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--tuning-seed", type=int, nargs="?", const=DEFAULT_TUNING_SEED, default=None,
         help=f"train only this student seed (alone: {DEFAULT_TUNING_SEED}) into <out>/tuning, to choose settings",
     )
-    parser.add_argument("--teacher", type=Path, default=None, help="teacher run folder (default <out>/teacher)")
+    parser.add_argument("--teacher", type=Path, default=None, help="teacher run folder; None: <out>/teacher")
     parser.add_argument("--detector", choices=list(CONFIGS), default="fcos", help="family of demo configs")
     parser.add_argument(
         "--methods", nargs="+", default=list(LABELS), choices=list(LABELS), help="students to train"
     )
     parser.add_argument(
-        "--pretrained", nargs="+", default=["auto"], metavar="auto|none|STUDENT.pt [TEACHER.pt]",
+        "--pretrained", nargs="+", default=["auto"], metavar="WEIGHTS",
         help="backbone start: auto = the cached `msadkit pretrain` checkpoints of widths 0.25 (students) and "
         "0.5 (teacher), made first if missing; none = random; or the students' file [and the teacher's]",
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+        help="config override for one method's runs only (teacher, baseline, adl, sad, gid, gid_msad), e.g. "
+        "'adl:distill.losses=[{type: adl, weight: 3.0}]'; repeat it, and give sad its own (it does not inherit adl's)",
     )
     parser.add_argument("--lr", type=float, default=0.03, help="solver.base_lr of the teacher and the students")
     parser.add_argument("--iters", type=int, default=300, help="iterations of every student run")
@@ -482,11 +508,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.seeds = [args.tuning_seed]
     choice = args.pretrained
     if len(choice) > 2 or (len(choice) == 2 and {"auto", "none"} & set(choice)):
-        parser.error(f"--pretrained takes auto, none, or one or two checkpoint files, got {' '.join(choice)}")
+        parser.error(
+            f"--pretrained takes auto, none, or one or two checkpoint files, got {' '.join(choice)} "
+            "(config overrides go before the options, or after --)"
+        )
     if choice not in (["auto"], ["none"]):
         for path in choice:
             if not Path(path).is_file():
                 parser.error(f"--pretrained: no such checkpoint file: {path}")
+    for item in args.set:
+        method, _, override = item.partition(":")
+        if method not in (TEACHER, *LABELS) or "=" not in override:
+            parser.error(f"--set takes METHOD:KEY=VALUE with METHOD one of {TEACHER}, {', '.join(LABELS)}; got {item!r}")
     if args.lr <= 0:
         parser.error(f"--lr must be positive, got {args.lr}")
     return args
