@@ -429,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", type=Path, default=Path("runs/msad_effectiveness"), help="folder of the run folders")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="trainer.seed values")
     parser.add_argument("--teacher-iters", type=int, default=450, help="iterations of the teacher and high-res runs")
-    parser.add_argument("--iters", type=int, default=300, help="iterations of the students and the low-res baseline")
+    parser.add_argument("--iters", type=int, default=450, help="iterations of the students and the low-res baseline (the demo: 450, like the teacher)")
     parser.add_argument("--lr", type=float, default=0.03, help="solver.base_lr of every run")
     parser.add_argument(
         "--pretrained", default="auto",

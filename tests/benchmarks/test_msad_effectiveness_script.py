@@ -66,7 +66,7 @@ def test_every_run_gets_its_length_seed_lr_backbone_and_teacher(bench, tmp_path)
 
     scratch = _args(bench, tmp_path / "runs", pretrained=None)
     assert _value(bench.command(scratch, "fcos_high", 0), "model.backbone.weights") is None
-    assert bench.command(scratch, "fcos_low_matched", 0)[6] == "750"  # defaults: 450 + 300
+    assert bench.command(scratch, "fcos_low_matched", 0)[6] == "900"  # defaults: 450 + 450
 
 
 def test_ablation_config_equals_the_students_but_for_the_kd_weight(bench, tmp_path):
@@ -85,7 +85,7 @@ def test_ablation_config_equals_the_students_but_for_the_kd_weight(bench, tmp_pa
     low = load_config("msad/fcos_low_demo", bench.overrides(args, "fcos_low", 1))
     matched = load_config("msad/fcos_low_demo", bench.overrides(args, "fcos_low_matched", 1))
     assert matched["distill"]["teacher"] is None and not matched["distill"]["init_student_from_teacher"]
-    assert matched["trainer"]["checkpoint_period"] == 750 and low["trainer"]["checkpoint_period"] == 300
+    assert matched["trainer"]["checkpoint_period"] == 900 and low["trainer"]["checkpoint_period"] == 450
 
 
 def _write_run(out: Path, method: str, seed: int, ap: float) -> None:
