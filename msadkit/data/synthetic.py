@@ -41,6 +41,7 @@ from msadkit.errors import DatasetError
 
 __all__ = [
     "CLASS_NAMES",
+    "scene_rng",
     "SyntheticDataset",
     "SyntheticScene",
     "generate_synthetic_dataset",
@@ -54,6 +55,12 @@ _GENERATOR_NAME = "msadkit.synthetic"
 # Bump whenever the drawing code changes, so that a cached dataset from older code is regenerated.
 _FORMAT_VERSION = 1
 _SPLIT_CODES = {"train": 1, "val": 2, "unlabeled": 3}
+
+
+def scene_rng(seed: int, split: str, index: int, *stream: int) -> np.random.Generator:
+    """The random stream of image ``index`` of ``split`` (``stream`` picks further independent
+    streams of the same image, e.g. for crops taken from it)."""
+    return np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODES[split], index, *stream]))
 
 # zlib strategy for PNG: noisy pixels barely compress, and Huffman-only coding is ~2x faster than
 # the default strategy at the same size.
@@ -127,7 +134,7 @@ def _write_split(root: Path, split: str, count: int, *, seed: int, image_size: i
     for index in range(count):
         # One independent stream per image: any image can be re-rendered alone, and adding images
         # to a split does not change the existing ones.
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODES[split], index]))
+        rng = scene_rng(seed, split, index)
         scene = render_scene(rng, image_size=image_size, max_objects=max_objects)
         image_id = index + 1
         file_name = f"{image_id:06d}.png"

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from msadkit.data.synthetic import _SPLIT_CODES
+from msadkit.data.synthetic import scene_rng
 from msadkit.data.synthetic_scenes import CLASS_NAMES, render_scene
 from msadkit.errors import DatasetError
 
@@ -76,10 +76,10 @@ def synthetic_training_crops(
     crops: list[np.ndarray] = []
     labels: list[int] = []
     for index in range(num_images):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODES["train"], index]))
+        rng = scene_rng(seed, "train", index)
         scene = render_scene(rng, image_size=image_size, max_objects=max_objects)
         # The crop geometry draws from its own stream so that the scene stays the training image.
-        crop_rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_CODES["train"], index, 1]))
+        crop_rng = scene_rng(seed, "train", index, 1)
         for (x, y, w, h), label in zip(scene.boxes.tolist(), scene.labels.tolist()):
             side = max(w, h) * crop_rng.uniform(*context)
             cx = x + w / 2 + crop_rng.uniform(-0.1, 0.1) * side

@@ -32,7 +32,7 @@ from torch import nn
 from msadkit.data.synthetic_crops import CROP_CLASS_NAMES, synthetic_training_crops
 from msadkit.engine.datasets import cache_dir
 from msadkit.errors import ConfigError
-from msadkit.modeling.backbones.slimmable import WIDTHS, SlimmableResNet50, _official_modules
+from msadkit.modeling.backbones.slimmable import WIDTHS, SlimmableResNet50, official_module_pairs
 from msadkit.utils.atomic import atomic_write
 
 __all__ = [
@@ -209,7 +209,7 @@ def official_state_dict(backbone: SlimmableResNet50) -> dict[str, torch.Tensor]:
     own = backbone.state_dict()
     width_index = WIDTHS.index(backbone.width)
     state: dict[str, torch.Tensor] = {}
-    for ours, theirs, is_conv in _official_modules(backbone):
+    for ours, theirs, is_conv in official_module_pairs(backbone):
         if is_conv:
             state[f"{theirs}.weight"] = own[f"{ours}.weight"].detach().clone()
             continue

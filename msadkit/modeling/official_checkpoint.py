@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from msadkit.config.loader import load_config
 from msadkit.errors import CheckpointError
-from msadkit.modeling.backbones.slimmable import WIDTHS, _official_modules
+from msadkit.modeling.backbones.slimmable import WIDTHS, official_module_pairs
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import format_keys, key_problems, load_checkpoint_file
 
@@ -94,7 +94,7 @@ def _pairs(model: nn.Module, ours: str, head: str, width: float) -> list[tuple[s
     own = model.state_dict()
     pairs: list[tuple[str, str, str]] = []
     bottom_up = model.get_submodule(f"{ours}backbone.bottom_up")
-    for our_module, their_module, is_conv in _official_modules(bottom_up):
+    for our_module, their_module, is_conv in official_module_pairs(bottom_up):
         our_base, their_base = f"{ours}backbone.bottom_up.{our_module}", f"backbone.bottom_up.{their_module}"
         if is_conv:
             pairs.append((f"{our_base}.weight", f"{their_base}.weight", "slice"))

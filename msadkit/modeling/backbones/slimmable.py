@@ -54,6 +54,7 @@ from msadkit.modeling.image_batch import check_image_batch
 
 __all__ = [
     "WIDTHS",
+    "official_module_pairs",
     "BLOCKS_PER_STAGE",
     "slimmable_channels",
     "SlimmableBottleneck",
@@ -207,7 +208,7 @@ def slimmable_resnet50(width: float, *, norm: str = "BN", freeze_at: int = 0) ->
     return model
 
 
-def _official_modules(model: SlimmableResNet50) -> list[tuple[str, str, bool]]:
+def official_module_pairs(model: SlimmableResNet50) -> list[tuple[str, str, bool]]:
     """``(msadkit module name, official module name, is_conv)`` for every conv and norm of ``model``."""
     pairs = [("stem.conv", "features.0.0", True), ("stem.norm", "features.0.1", False)]
     official_index = 1
@@ -291,7 +292,7 @@ def load_slimmable_checkpoint(model: SlimmableResNet50, path: str | os.PathLike,
     missing: list[str] = []
     unexpected: list[str] = []
     misfit: list[str] = []
-    for ours, theirs, is_conv in _official_modules(model):
+    for ours, theirs, is_conv in official_module_pairs(model):
         if is_conv:
             tensor_pairs = [(f"{ours}.weight", f"{theirs}.weight")]
         else:
