@@ -450,7 +450,8 @@ def settings_line(args: argparse.Namespace) -> str:
     weights = pretrained_weights(args)
     start = (
         "random initialisation" if weights["student"] is None
-        else f"pretrained backbones (students {weights['student']}, teacher {weights[TEACHER]})"
+        # File names only: the cache folder is a detail of the machine, not of the experiment.
+        else f"pretrained backbones (students {Path(weights['student']).name}, teacher {Path(weights[TEACHER]).name})"
     )
     seeds = f"tuning seed {args.tuning_seed}" if args.tuning_seed is not None else f"seeds {args.seeds}"
     return (
