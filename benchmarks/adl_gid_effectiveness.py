@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -59,7 +58,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines, mean_std  # noqa: E402
+from common import (  # noqa: E402
+    append_sweep_record,
+    environment_lines,
+    mean_std,
+    replace_markdown_section,
+    sweep_log_lines,
+)
 
 HEADING = "## ADL and GID on the synthetic dataset"
 TUNING_HEADING = HEADING + ": tuning runs"
@@ -97,7 +102,6 @@ CONFIGS = {
     },
 }
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-SWEEP_LOG = "sweeps.jsonl"  # one record per invocation that trained something
 COMMAND_FILE = "sweep_command.json"  # the command that trained a run folder, to refuse mixing settings
 
 
@@ -414,36 +418,7 @@ def format_table(args: argparse.Namespace) -> str:
 
 def results_body(root: Path, table: str) -> str:
     """Machine, every invocation that trained runs of ``root`` (date, command, wall time), settings, table."""
-    log = root / SWEEP_LOG
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    records = [r for r in records if r["trained"]]
-    lines = []
-    if records:
-        first = records[0]["header"]
-        lines += [f"- {line}" for line in first if not line.startswith(("date:", "command:"))]
-        for k, record in enumerate(records, start=1):
-            facts = dict(line.split(": ", 1) for line in record["header"] if line.startswith(("date:", "command:")))
-            lines.append(
-                f"- invocation {k}: {facts.get('date', '?')}, `{facts.get('command', '?')}`, wall time "
-                f"{record['wall_min']:.1f} min, trained {len(record['trained'])} jobs"
-            )
-        lines.append(f"- settings: {records[-1]['settings']}")
-        lines.append(f"- total wall time: {sum(r['wall_min'] for r in records):.1f} min")
-    return "\n".join([*lines, "", table])
-
-
-def write_section(path: Path, body: str, heading: str = HEADING) -> None:
-    """Put ``heading`` + ``body`` into ``path``, replacing the old section (up to the next ``## ``)."""
-    text = path.read_text() if path.is_file() else "# Benchmark results\n"
-    section = f"{heading}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^{re.escape(heading)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + section
-    from msadkit.utils.atomic import write_text_atomic
-
-    write_text_atomic(path, text)
+    return "\n".join([*sweep_log_lines(root, "jobs"), "", table])
 
 
 def settings_line(args: argparse.Namespace) -> str:
@@ -550,15 +525,14 @@ def main() -> int:
                 print(f"   {method}: {statistics.mean(times) / 60:.1f} min per run (mean of {len(times)})")
         wall = (time.time() - start) / 60
         print(f"sweep wall time: {wall:.1f} min")
-        record = {"header": header, "settings": settings, "wall_min": round(wall, 1), "trained": sorted(walls)}
-        with open(root / SWEEP_LOG, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_sweep_record(root, {"header": header, "settings": settings, "wall_min": round(wall, 1),
+                                   "trained": sorted(walls)})
     table = format_table(args)
     print()
     print(table)
     if args.results is not None:
         heading = TUNING_HEADING if args.tuning_seed is not None else HEADING
-        write_section(args.results, results_body(root, table), heading)
+        replace_markdown_section(args.results, heading, results_body(root, table))
         print(f"\nwritten to {args.results} under '{heading}'")
     return 0
 

@@ -31,6 +31,9 @@ __all__ = [
     "print_header",
     "synthetic_boxes",
     "replace_markdown_section",
+    "SWEEP_LOG",
+    "append_sweep_record",
+    "sweep_log_lines",
 ]
 
 
@@ -189,3 +192,38 @@ def replace_markdown_section(path: Path | str, heading: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section
     write_text_atomic(path, text)
+
+
+SWEEP_LOG = "sweeps.jsonl"  # one record per invocation of a sweep script that trained something
+
+
+def append_sweep_record(folder: Path | str, record: dict) -> None:
+    """Add one invocation's record (``header``, ``settings``, ``wall_min``, ``trained``) to the
+    sweep log of ``folder``."""
+    import json
+
+    with open(Path(folder) / SWEEP_LOG, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def sweep_log_lines(folder: Path | str, unit: str) -> list[str]:
+    """Markdown bullets from the sweep log of ``folder``: the machine (from the first invocation),
+    each invocation that trained something (date, command, wall time, how many ``unit``), the last
+    settings and the total wall time; empty when no invocation trained anything."""
+    import json
+
+    log = Path(folder) / SWEEP_LOG
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+    records = [r for r in records if r["trained"]]
+    if not records:
+        return []
+    lines = [f"- {line}" for line in records[0]["header"] if not line.startswith(("date:", "command:"))]
+    for k, record in enumerate(records, start=1):
+        facts = dict(line.split(": ", 1) for line in record["header"] if line.startswith(("date:", "command:")))
+        lines.append(
+            f"- invocation {k}: {facts.get('date', '?')}, `{facts.get('command', '?')}`, wall time "
+            f"{record['wall_min']:.1f} min, trained {len(record['trained'])} {unit}"
+        )
+    lines.append(f"- settings: {records[-1]['settings']}")
+    lines.append(f"- total wall time: {sum(r['wall_min'] for r in records):.1f} min")
+    return lines

@@ -44,10 +44,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines, mean_std, replace_markdown_section  # noqa: E402
+from common import (  # noqa: E402
+    append_sweep_record,
+    environment_lines,
+    mean_std,
+    replace_markdown_section,
+    sweep_log_lines,
+)
 
 HEADING = "## MSAD effectiveness on the synthetic dataset"
-SWEEP_LOG = "sweeps.jsonl"  # one record per invocation that trained something
 TEACHER = "msad_teacher"
 # The KD ablation keeps the student's term but at weight 0: an empty ``distill.losses`` is refused
 # while ``distill.teacher`` is set, and without ``distill.teacher`` there is no teacher init.
@@ -404,21 +409,10 @@ def resolve_pretrained(value: str) -> tuple[Path | None, str]:
 
 def results_body(out: Path, table: str, header: list[str]) -> str:
     """Machine, every invocation that trained runs of ``out`` (date, command, wall time), settings, table."""
-    log = out / SWEEP_LOG
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
-    records = [r for r in records if r["trained"]]
-    if not records:
+    lines = sweep_log_lines(out, "runs")
+    if not lines:
         # Runs trained elsewhere: only this invocation's facts are known.
-        return "\n".join([*(f"- {line}" for line in header), "- wall time: not recorded (no sweep log)", "", table])
-    lines = [f"- {line}" for line in records[0]["header"] if not line.startswith(("date:", "command:"))]
-    for k, record in enumerate(records, start=1):
-        facts = dict(line.split(": ", 1) for line in record["header"] if line.startswith(("date:", "command:")))
-        lines.append(
-            f"- invocation {k}: {facts.get('date', '?')}, `{facts.get('command', '?')}`, wall time "
-            f"{record['wall_min']:.1f} min, trained {len(record['trained'])} runs"
-        )
-    lines.append(f"- settings: {records[-1]['settings']}")
-    lines.append(f"- total wall time: {sum(r['wall_min'] for r in records):.1f} min")
+        lines = [*(f"- {line}" for line in header), "- wall time: not recorded (no sweep log)"]
     return "\n".join([*lines, "", table])
 
 
@@ -483,10 +477,8 @@ def main(argv: list[str] | None = None) -> int:
             wall = (time.time() - start) / 60
             print(f"sweep wall time: {wall:.1f} min")
             if walls:
-                record = {"header": header, "settings": settings, "wall_min": round(wall, 1),
-                          "trained": sorted(f"{m} seed {s}" for m, s in walls)}
-                with open(args.out / SWEEP_LOG, "a", encoding="utf-8") as handle:
-                    handle.write(json.dumps(record) + "\n")
+                append_sweep_record(args.out, {"header": header, "settings": settings, "wall_min": round(wall, 1),
+                                               "trained": sorted(f"{m} seed {s}" for m, s in walls)})
     except SweepError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("adl_gid_effectiveness", ROOT / "benchmarks" / "adl_gid_effectiveness.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+from tests.conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def script():
-    return _script()
+    return load_benchmark_script("adl_gid_effectiveness")
 
 
 def _value(command: list[str], key: str) -> str | None:
@@ -150,9 +137,9 @@ def test_tuning_table_is_marked_and_written_under_its_own_heading(script, tmp_pa
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
-    script.write_section(results, "reported v1")
-    script.write_section(results, table, script.TUNING_HEADING)
-    script.write_section(results, "reported v2")
+    script.replace_markdown_section(results, script.HEADING, "reported v1")
+    script.replace_markdown_section(results, script.TUNING_HEADING, table)
+    script.replace_markdown_section(results, script.HEADING, "reported v2")
     text = results.read_text()
     assert text.count(script.HEADING + "\n") == 1 and "reported v2" in text and "reported v1" not in text
     assert text.count(script.TUNING_HEADING + "\n") == 1 and "Tuning seed 100" in text and "kept" in text

@@ -1,27 +1,17 @@
 """benchmarks/convergence.py: the quick run trains from scratch and from a pretrained backbone."""
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import load_benchmark_script
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("convergence", ROOT / "benchmarks" / "convergence.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
-
-
 def test_flattening_point_is_the_first_evaluation_the_rest_never_beats_by_more_than_the_gain():
-    flattens_at = _script().flattens_at
+    flattens_at = load_benchmark_script("convergence").flattens_at
     points = [(100, 2.0), (200, 10.0), (300, 14.0), (400, 14.5), (500, 14.8)]
     assert flattens_at(points, 1.0) == 300
     assert flattens_at(points, 0.1) is None  # the last step still gains 0.3

@@ -1,31 +1,17 @@
 """benchmarks/msad_effectiveness.py without training: the runs it plans, its sweep order, its target arithmetic."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from msadkit.config import load_config
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return module
+from tests.conftest import load_benchmark_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _script("msad_effectiveness")
+    return load_benchmark_script("msad_effectiveness")
 
 
 def _args(bench, out: Path, *argv: str, pretrained: Path | None = None):
@@ -196,7 +182,7 @@ def test_sweep_starts_students_after_their_teacher_and_skips_those_of_a_failed_o
 
 
 def test_markdown_section_is_replaced_in_place(tmp_path):
-    common = _script("common")
+    common = load_benchmark_script("common")
     path = tmp_path / "RESULTS.md"
     path.write_text("# Results\n\n## Before\n\nkept\n\n## Mine\n\nold table\n\n## After\n\nkept too\n")
     common.replace_markdown_section(path, "## Mine", "new table\n")

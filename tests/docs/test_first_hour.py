@@ -4,9 +4,7 @@ listing, the AP table's run column, short key lists in checkpoint errors, one AP
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +17,7 @@ from msadkit.config.run_length import scaled_solver
 from msadkit.engine.pseudo_label_check import refuse_empty_pseudo_labels
 from msadkit.errors import ConfigError
 from msadkit.utils.checkpoint import format_keys
-
-ROOT = Path(__file__).parents[2]
-
+from tests.conftest import load_benchmark_script
 
 # --iterations ------------------------------------------------------------------------------------
 
@@ -168,24 +164,13 @@ def test_pseudo_label_warns_when_it_writes_no_box(tmp_path, tiny_overrides, caps
 # effectiveness scripts ---------------------------------------------------------------------------
 
 
-def _benchmark_module(name: str):
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-
-
 def test_one_seed_shows_no_spread_and_no_gap_shows_no_share():
-    common = _benchmark_module("common")
+    common = load_benchmark_script("common")
     assert common.mean_std([4.25]) == "4.2"
     assert common.mean_std([4.0, 6.0]) == "5.0 ± 1.4"
     assert common.mean_std([0.5, 1.5], signed=True) == "+1.0 ± 0.7"
     assert common.mean_std([float("nan")]) == "n/a"
-    msad = _benchmark_module("msad_effectiveness")
+    msad = load_benchmark_script("msad_effectiveness")
     row = {"AP": 3.0, "APs": 1.0, "APm": 2.0, "APl": 4.0}
     table = msad.format_table({"fcos_high": [row], "fcos_low": [row], "msad_student": [row]})
     assert "±" not in table and "nan" not in table and "share of the gap closed: n/a" in table
