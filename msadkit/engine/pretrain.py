@@ -33,7 +33,7 @@ from msadkit.data.synthetic_crops import CROP_CLASS_NAMES, synthetic_training_cr
 from msadkit.engine.datasets import cache_dir
 from msadkit.errors import ConfigError
 from msadkit.modeling.backbones.slimmable import WIDTHS, SlimmableResNet50, official_module_pairs
-from msadkit.utils.atomic import atomic_write
+from msadkit.utils.checkpoint import save_atomic
 
 __all__ = [
     "PretrainSettings",
@@ -226,10 +226,7 @@ def save_pretrained(model: _Classifier, report: dict[str, Any], path: str | Path
     state["classifier.0.weight"] = model.fc.weight.detach().clone()
     state["classifier.0.bias"] = model.fc.bias.detach().clone()
     payload = {"model": state, "msadkit_pretrain": {**report, "classes": list(CROP_CLASS_NAMES)}}
-    path = Path(path)
-    with atomic_write(path) as handle:
-        torch.save(payload, handle)
-    return path
+    return save_atomic(payload, path)
 
 
 def cached_pretrained_path(settings: PretrainSettings) -> Path:
