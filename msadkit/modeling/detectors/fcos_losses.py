@@ -121,8 +121,9 @@ def fcos_losses(
     # processes' collectives fall out of step (a gloo size error, an NCCL hang).
     ctr_sum = reduce_mean(ctr_target.sum())
     if reg_target.numel() == 0:
-        # Keep the graph connected so every parameter gets a (zero) gradient under DDP.
-        zero = bbox_reg.sum() * 0 + centerness.sum() * 0
+        # Keep the graph connected so every parameter gets a (zero) gradient under DDP; in
+        # float32 like the losses of a batch with positives, also for bf16 predictions.
+        zero = bbox_reg.float().sum() * 0 + centerness.float().sum() * 0
         return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": zero, "loss_fcos_ctr": zero.clone()}
     giou_losses = ltrb_giou_loss(reg_pred, reg_target, smoothing=giou_smoothing)
     loss_loc = (giou_losses * ctr_target).sum() / ctr_sum.clamp(min=1e-6)

@@ -103,7 +103,7 @@ def assign_fcos_targets(
         strides: stride of each level.
         targets: per image ``{"boxes": (M, 4) xyxy, "labels": (M,)}``.
         num_classes: K; background locations get label K.
-        sizes_of_interest: ``(lo, hi]`` range of max regression distance per level.
+        sizes_of_interest: ``[lo, hi]`` range (both ends included) of max regression distance per level.
         center_sampling_radius: centre-region radius in strides; 0 disables centre sampling.
     """
     if len(sizes_of_interest) < len(locations):
