@@ -19,7 +19,7 @@ from msadkit.modeling.detectors.fcos import FCOS
 from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.detectors.retinanet import RetinaNet
 from msadkit.modeling.heads.retinanet_head import RetinaNetHead
-from tiny_detectors import TinyPyramid, one_level_retinanet  # noqa: E402
+from tests.tiny_detectors import TinyPyramid, one_level_retinanet
 
 KEYS = {"loss_gid_feature", "loss_gid_relation", "loss_gid_response_cls", "loss_gid_response_reg"}
 

@@ -15,7 +15,7 @@ from msadkit.distill.registry import build_term
 from msadkit.modeling.detectors.fcos import FCOS
 from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
-from tiny_detectors import TinyPyramid  # noqa: E402
+from tests.tiny_detectors import TinyPyramid
 
 # ADL ---------------------------------------------------------------------------------------------
 

@@ -7,29 +7,10 @@ import math
 
 import pytest
 import torch
-from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
 from msadkit.modeling.detectors.anchor_matching import BACKGROUND, IGNORE
-from msadkit.modeling.detectors.anchors import AnchorGenerator
-from msadkit.modeling.detectors.retinanet import RetinaNet
-from msadkit.modeling.heads.retinanet_head import RetinaNetHead
-
-
-def one_level_retinanet(aspect_ratios: tuple[float, ...] = (1.0,), **kwargs) -> RetinaNet:
-    """One level at stride 4 with anchors of size 10: on a 1x3 map (-5,-5,5,5), (-1,-5,9,5), (3,-5,13,5)."""
-    generator = AnchorGenerator(sizes=((10.0,),), aspect_ratios=aspect_ratios, strides=(4,))
-    head = RetinaNetHead(in_channels=4, num_classes=2, num_anchors=len(aspect_ratios), num_convs=0)
-    return RetinaNet(
-        backbone=nn.Identity(),
-        head=head,
-        num_classes=2,
-        in_features=("p3",),
-        strides=(4,),
-        anchor_generator=generator,
-        **kwargs,
-    )
-
+from tests.tiny_detectors import one_level_retinanet
 
 LOGITS = [[0.3, -1.2], [5.0, 5.0], [-0.5, 2.0]]  # per anchor, per class
 ONE_BOX = {"boxes": torch.tensor([[-5.0, -5.0, 5.0, 5.0]]), "labels": torch.tensor([1])}

@@ -11,22 +11,7 @@ from msadkit.modeling.detectors.anchors import AnchorGenerator
 from msadkit.modeling.detectors.box_coder import BoxCoder
 from msadkit.modeling.detectors.retinanet import RetinaNet
 from msadkit.modeling.heads.retinanet_head import RetinaNetHead
-
-
-def one_level_retinanet(head: nn.Module | None = None, **kwargs) -> RetinaNet:
-    """One level at stride 4, one square anchor of size 10 per location, two classes."""
-    generator = AnchorGenerator(sizes=((10.0,),), aspect_ratios=(1.0,), strides=(4,))
-    if head is None:
-        head = RetinaNetHead(in_channels=4, num_classes=2, num_anchors=1, num_convs=0)
-    return RetinaNet(
-        backbone=nn.Identity(),
-        head=head,
-        num_classes=2,
-        in_features=("p3",),
-        strides=(4,),
-        anchor_generator=generator,
-        **kwargs,
-    )
+from tests.tiny_detectors import one_level_retinanet
 
 
 class BareHead(nn.Module):

@@ -1,4 +1,4 @@
-"""Tiny FCOS/RetinaNet pieces shared by the distillation-term tests."""
+"""Tiny FCOS/RetinaNet pieces shared by the distillation-term and detector tests."""
 
 from __future__ import annotations
 
@@ -30,10 +30,23 @@ class TinyPyramid(nn.Module):
         return features
 
 
-def one_level_retinanet() -> RetinaNet:
-    """One level of 10 px square anchors every 4 px, anchor centres at ``(4j, 4i)``."""
-    generator = AnchorGenerator(sizes=((10.0,),), aspect_ratios=(1.0,), strides=(4,))
-    head = RetinaNetHead(in_channels=4, num_classes=2, num_anchors=1, num_convs=0)
+def one_level_retinanet(
+    aspect_ratios: tuple[float, ...] = (1.0,), head: nn.Module | None = None, **kwargs
+) -> RetinaNet:
+    """One level of 10 px anchors every 4 px (anchor centres at ``(4j, 4i)``), two classes.
+
+    On a 1x3 map the square anchors are (-5,-5,5,5), (-1,-5,9,5), (3,-5,13,5). ``head`` defaults to
+    a RetinaNet head on 4 channels without tower convs; ``kwargs`` go to :class:`RetinaNet`.
+    """
+    generator = AnchorGenerator(sizes=((10.0,),), aspect_ratios=aspect_ratios, strides=(4,))
+    if head is None:
+        head = RetinaNetHead(in_channels=4, num_classes=2, num_anchors=len(aspect_ratios), num_convs=0)
     return RetinaNet(
-        backbone=nn.Identity(), head=head, num_classes=2, in_features=("p3",), strides=(4,), anchor_generator=generator
+        backbone=nn.Identity(),
+        head=head,
+        num_classes=2,
+        in_features=("p3",),
+        strides=(4,),
+        anchor_generator=generator,
+        **kwargs,
     )
