@@ -131,7 +131,7 @@ def pretrained_weights(args: argparse.Namespace) -> dict[str, Path | None]:
     choice = args.pretrained
     if choice == ["none"]:
         return {TEACHER: None, "student": None}
-    from msadkit.engine.pretrain import PretrainSettings, cached_pretrained_path
+    from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_path
 
     auto = {role: cached_pretrained_path(PretrainSettings(width=width)) for role, width in WIDTHS.items()}
     if choice == ["auto"]:

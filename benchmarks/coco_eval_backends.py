@@ -1,6 +1,6 @@
 """COCO box evaluation time, pycocotools against faster-coco-eval, on a large synthetic result set.
 
-Both backends go through msadkit's own entry point, ``msadkit.engine.evaluation.coco_evaluate(...,
+Both backends go through msadkit's own entry point, ``msadkit.engine.evaluation.coco_evaluation.coco_evaluate(...,
 backend=...)``, so the time includes what a user pays: reading and checking the ground-truth json,
 building the index, loading the results, evaluate, accumulate and summarize. Before timing, the
 twelve summary numbers of both evaluators are compared on the same data (they must agree).
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_arguments, interleaved_times, median_ms, print_header, ratio_summary  # noqa: E402
 
-from msadkit.engine.evaluation import AP_KEYS, coco_evaluate  # noqa: E402
+from msadkit.engine.evaluation.coco_evaluation import AP_KEYS, coco_evaluate  # noqa: E402
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
 NUM_CATEGORIES = 80

@@ -1,7 +1,7 @@
 """CPU training step, eager against ``trainer.compile: true``, side by side in one run.
 
 Both contenders are the same detector (identical initial weights): one eager, one whose backbone,
-head (and C-FF fusion) ``msadkit.engine.compile.compile_trained_model`` compiled in place, as a
+head (and C-FF fusion) ``msadkit.engine.train.compile.compile_trained_model`` compiled in place, as a
 run with ``trainer.compile=true`` trains it. One step is forward (losses), backward and an SGD
 update, on the same normalised batch. Compilation happens in the untimed warm-up call. The figure
 is the median over rounds of the per-round ratio compiled / eager (below 1: compiling pays).
@@ -29,7 +29,7 @@ from common import (  # noqa: E402
 )
 
 from msadkit.config import load_config  # noqa: E402
-from msadkit.engine.compile import compile_trained_model  # noqa: E402
+from msadkit.engine.train.compile import compile_trained_model  # noqa: E402
 from msadkit.modeling.registry import build_model  # noqa: E402
 
 CONFIGS = {"fcos": "fcos_demo", "retinanet": "retinanet_demo", "msad_teacher": "msad/msad_teacher_demo"}

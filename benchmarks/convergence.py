@@ -84,8 +84,8 @@ def train(args: argparse.Namespace, resolution: str, init: str, lr: float, seed:
 
 def curve(folder: Path) -> list[tuple[int, float]]:
     """``(iteration, val AP)`` of every evaluation of the run in ``folder``."""
-    from msadkit.engine.metrics_logger import read_metrics
-    from msadkit.engine.validation import validation_rows
+    from msadkit.engine.train.metrics_logger import read_metrics
+    from msadkit.engine.train.validation import validation_rows
 
     path = folder / "metrics.jsonl"
     if not path.is_file():
@@ -170,7 +170,7 @@ def main() -> int:
     for line in environment_lines():
         print(line, flush=True)
     if "pretrained" in args.init and args.pretrained is None and not args.table_only:
-        from msadkit.engine.pretrain import cached_pretrained_backbone
+        from msadkit.engine.train.pretrain import cached_pretrained_backbone
 
         args.pretrained = cached_pretrained_backbone(quick=args.quick)
         print(f"pretrained backbone: {args.pretrained}", flush=True)

@@ -36,7 +36,7 @@ from common import environment_lines, synthetic_boxes  # noqa: E402
 from msadkit.config import load_config  # noqa: E402
 from msadkit.distill.distiller import Distiller  # noqa: E402
 from msadkit.distill.msad import MSADFeatureLoss  # noqa: E402
-from msadkit.engine.compile import compile_trained_model  # noqa: E402
+from msadkit.engine.train.compile import compile_trained_model  # noqa: E402
 from msadkit.modeling.registry import build_model  # noqa: E402
 
 MODES = ("fp32", "bf16", "bf16_cl", "bf16_cl_compile")

@@ -396,7 +396,7 @@ def resolve_pretrained(value: str) -> tuple[Path | None, str]:
         if not path.is_file():
             raise SweepError(f"--pretrained {value}: no such file (give a checkpoint, 'auto' or 'none')")
         return path, f"backbone from {value}"
-    from msadkit.engine.pretrain import PretrainSettings, cached_pretrained_backbone, cached_pretrained_path
+    from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_backbone, cached_pretrained_path
 
     cached = cached_pretrained_path(PretrainSettings()).is_file()
     start = time.time()
@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()  # the wall time includes a pretraining made for the sweep
     try:
         if args.table_only and args.pretrained == "auto":
-            from msadkit.engine.pretrain import PretrainSettings, cached_pretrained_path
+            from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_path
 
             args.pretrained = cached_pretrained_path(PretrainSettings()).resolve()
             origin = "backbone from the cached `msadkit pretrain` checkpoint"

@@ -31,12 +31,12 @@ import lightning as L
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_arguments, apply_threads, print_header  # noqa: E402
 
-import msadkit.engine.trainer as trainer_module  # noqa: E402
+import msadkit.engine.train.trainer as trainer_module  # noqa: E402
 from msadkit.config import load_config  # noqa: E402
-from msadkit.engine.datasets import build_dataset  # noqa: E402
-from msadkit.engine.resumable_loader import SampleKey, SeededSamples  # noqa: E402
-from msadkit.engine.trainer import build_training_model  # noqa: E402
-from msadkit.engine.training_health import TrainingHealth, largest_parameter  # noqa: E402
+from msadkit.data.build import build_dataset  # noqa: E402
+from msadkit.data.resumable_loader import SampleKey, SeededSamples  # noqa: E402
+from msadkit.engine.train.trainer import build_training_model  # noqa: E402
+from msadkit.engine.train.training_health import TrainingHealth, largest_parameter  # noqa: E402
 from msadkit.utils.run_lock import RunLock  # noqa: E402
 
 TINY = [

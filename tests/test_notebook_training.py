@@ -20,8 +20,8 @@ from msadkit.notebook.training import (
     run_state,
     train_or_reuse,
 )
-from msadkit.engine import launch
-from msadkit.engine.launch import launch_training, training_command
+from msadkit.engine.train import launch
+from msadkit.engine.train.launch import launch_training, training_command
 
 TINY_FCOS = [
     "data.synthetic.num_train=4",

@@ -14,9 +14,9 @@ from msadkit.cli import main
 from msadkit.config import dump_config, load_config
 from msadkit.data import CocoDetectionDataset
 from msadkit.utils.checkpoint import save_atomic
-from msadkit.engine.datasets import resolve_data_paths
-from msadkit.engine.metrics_logger import read_metrics
-from msadkit.engine.trainer import train
+from msadkit.data.build import resolve_data_paths
+from msadkit.engine.train.metrics_logger import read_metrics
+from msadkit.engine.train.trainer import train
 from msadkit.modeling.registry import build_model
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from msadkit.data import DetectionCollator
-from msadkit.engine.datasets import build_dataset
-from msadkit.engine.model_input import to_model_input
-from msadkit.engine.run_evaluation import evaluate_run
+from msadkit.data.build import build_dataset
+from msadkit.modeling.image_batch import to_model_input
+from msadkit.engine.evaluation.run_evaluation import evaluate_run
 from msadkit.errors import ConfigError
 from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.utils.run_folder import read_run_config

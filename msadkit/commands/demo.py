@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         teacher_iterations = student_iterations = args.iterations
     pretrained = None
     if not args.from_scratch:
-        from msadkit.engine.pretrain import cached_pretrained_backbone
+        from msadkit.engine.train.pretrain import cached_pretrained_backbone
 
         print("[0] pretrained backbone (msadkit pretrain, cached after the first demo)", flush=True)
         begin = time.perf_counter()

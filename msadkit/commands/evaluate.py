@@ -26,8 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msadkit.engine.evaluation import check_backend, format_ap_table
-    from msadkit.engine.run_evaluation import evaluate_run
+    from msadkit.engine.evaluation.coco_evaluation import check_backend, format_ap_table
+    from msadkit.engine.evaluation.run_evaluation import evaluate_run
     from msadkit.utils.device import resolve_device
 
     overrides: dict = {"model": {"msad": {"eval_branch": args.branch}}} if args.branch else {}

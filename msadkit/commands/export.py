@@ -28,8 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from msadkit.engine.export import check_writable, export_model
-    from msadkit.engine.predict import load_predictor
+    from msadkit.engine.inference.export import check_writable, export_model
+    from msadkit.engine.inference.predict import load_predictor
 
     check_writable(args.out)  # before the minutes a large model takes to trace
     model, config = load_predictor(args.run, branch=args.branch, device="cpu")

@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import sys
 
-    from msadkit.engine.predict import DETECTIONS_NAME, load_predictor, predict_images
+    from msadkit.engine.inference.predict import DETECTIONS_NAME, load_predictor, predict_images
     from msadkit.errors import ConfigError
     from msadkit.utils.device import resolve_device
 

@@ -1,7 +1,7 @@
 """`msadkit pretrain`: the slimmable ResNet-50 pretrained as a classifier on synthetic training crops.
 
 Writes (or reuses) a checkpoint in the official slimmable layout that configs load with
-``model.backbone.weights=<file>``; see :mod:`msadkit.engine.pretrain`.
+``model.backbone.weights=<file>``; see :mod:`msadkit.engine.train.pretrain`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from msadkit.engine.pretrain import PretrainSettings
+    from msadkit.engine.train.pretrain import PretrainSettings
 
     d = PretrainSettings()
     p = sub.add_parser(
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
-    from msadkit.engine.pretrain import PretrainSettings, cached_pretrained_path, pretrain_backbone, save_pretrained
+    from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_path, pretrain_backbone, save_pretrained
     from msadkit.utils.atomic import atomic_write
 
     settings = PretrainSettings(

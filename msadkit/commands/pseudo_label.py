@@ -59,8 +59,8 @@ def _load_teacher(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from msadkit.engine.datasets import resolve_data_paths
-    from msadkit.engine.semi_supervised import generate_pseudo_labels
+    from msadkit.data.build import resolve_data_paths
+    from msadkit.engine.semi_supervised.pseudo_labels import generate_pseudo_labels
     from msadkit.errors import ConfigError
     from msadkit.utils.device import resolve_device
 
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
         f"(images in {summary['image_root']})"
     )
     if summary["num_annotations"] == 0:
-        from msadkit.engine.pseudo_label_check import empty_pseudo_labels_message
+        from msadkit.engine.semi_supervised.pseudo_label_check import empty_pseudo_labels_message
 
         teacher = args.teacher or args.weights
         message = empty_pseudo_labels_message(summary["path"], args.score_threshold, teacher)

@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from msadkit.config import load_config
     from msadkit.config.run_length import scaled_solver
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.trainer import train
 
     overrides = list(args.overrides)
     if args.output_dir:

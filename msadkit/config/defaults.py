@@ -156,7 +156,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 8,
         "seed": 0,
         "progress_bar": True,
-        # Stop a diverging run (msadkit.engine.training_health): a total loss above `factor` x the
+        # Stop a diverging run (msadkit.engine.train.training_health): a total loss above `factor` x the
         # median of its first `reference_iters` finite iterations, or a parameter non-finite or
         # larger in magnitude than `max_abs_param` (checked every `param_check_period` iterations
         # and before every checkpoint).

@@ -13,15 +13,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from msadkit.data.images import decode_rgb
 from msadkit.errors import DatasetError
 
-# torchvision 0.29 announces that its decoders move to TorchCodec; they are still the fastest
-# uint8 JPEG/PNG path available without another dependency, so the notice is not repeated per image.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated")
-
-__all__ = ["CocoDetectionDataset", "SampleError", "Transform", "decode_rgb"]
+__all__ = ["CocoDetectionDataset", "SampleError", "Transform"]
 
 Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
 
@@ -41,27 +37,6 @@ class SampleError(DatasetError):
             last_line = rest.rstrip().rsplit("\n", 1)[-1]
             message = last_line.split(marker, 1)[1] if marker in last_line else message
         super().__init__(message)
-
-
-def decode_rgb(path: Path) -> Tensor:
-    """The image file at ``path`` as uint8 RGB ``(3, H, W)``; :class:`DatasetError` if it cannot be decoded.
-
-    JPEG, PNG, WebP and GIF go through torchvision's decoders straight into a uint8 tensor (no
-    float copy in the worker); grayscale, palette, CMYK and RGBA become RGB (alpha is dropped).
-    Formats torchvision does not read, and 16-bit PNGs, fall back to PIL's ``convert("RGB")``.
-    """
-    try:
-        pixels = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-        if pixels.dtype == torch.uint8:
-            return pixels
-    except RuntimeError:
-        pass
-    try:
-        with Image.open(path) as pil:
-            array = np.array(pil.convert("RGB"), dtype=np.uint8)
-    except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
-        raise DatasetError(f"image file {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
-    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
 def _is_number(value: Any) -> bool:

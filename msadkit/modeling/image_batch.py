@@ -12,9 +12,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from msadkit.data.batching import DetectionBatch
 from msadkit.errors import ConfigError, InputError
 
-__all__ = ["PIXEL_FORMATS", "PixelNormalizer", "check_image_batch", "pixel_normalizer"]
+__all__ = ["PIXEL_FORMATS", "PixelNormalizer", "check_image_batch", "pixel_normalizer", "to_model_input"]
 
 # rgb: torchvision/ImageNet convention; bgr: detectron2's (and the original MSAD code's) input format.
 PIXEL_FORMATS = ("rgb", "bgr")
@@ -108,3 +109,34 @@ def pixel_normalizer(config: dict[str, Any]) -> PixelNormalizer:
     """The :class:`PixelNormalizer` of a config's ``model.pixel_format``, ``pixel_mean`` and ``pixel_std``."""
     model = config["model"]
     return PixelNormalizer(model["pixel_mean"], model["pixel_std"], model["pixel_format"])
+
+
+def to_model_input(
+    batch: DetectionBatch,
+    pixels: PixelNormalizer,
+    device: torch.device | str,
+    *,
+    channels_last: bool = False,
+    non_blocking: bool = False,
+) -> DetectionBatch:
+    """Move a uint8 batch to ``device`` and normalise it there.
+
+    Only the uint8 pixels cross to the device (a quarter of float32's bytes); ``pixels`` is moved
+    to ``device`` too if it is elsewhere.
+
+    Args:
+        batch: collated batch, ``images`` ``(N, 3, H, W)`` uint8.
+        pixels: the model's pixel convention.
+        device: where the model runs.
+        channels_last: hand the images over in channels-last memory format.
+        non_blocking: asynchronous copy (from pinned memory).
+
+    Returns:
+        The batch with ``images`` ``(N, 3, H, W)`` float32 normalised (padding 0) on ``device``.
+    """
+    moved = batch.to(device, non_blocking=non_blocking)
+    pixels.to(moved.images.device)
+    images = pixels(moved.images, moved.image_sizes)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return DetectionBatch(images=images, image_sizes=moved.image_sizes, targets=moved.targets)

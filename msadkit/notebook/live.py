@@ -23,7 +23,7 @@ from typing import Any, Iterator
 import lightning as L
 
 from msadkit.analysis.plots import plot_loss_curves
-from msadkit.engine.metrics_logger import PeriodicMetrics
+from msadkit.engine.train.metrics_logger import PeriodicMetrics
 from msadkit.errors import MsadkitError
 from msadkit.utils.run_folder import last_checkpoint
 

@@ -1,6 +1,6 @@
 """Training from a notebook: configs from notebook parameters, reuse/resume and live loss curves.
 
-With more than one device the notebook trains through :func:`msadkit.engine.launch.launch_training`
+With more than one device the notebook trains through :func:`msadkit.engine.train.launch.launch_training`
 (a child process: DDP cannot start inside a Jupyter kernel); with one device it trains in the
 kernel, where a callback can draw the loss curves as they come.
 """
@@ -16,10 +16,10 @@ import yaml
 
 from msadkit.config import dump_config, load_config
 from msadkit.config.run_length import scaled_solver
-from msadkit.engine.datasets import resolve_data_paths
-from msadkit.engine.launch import launch_training
-from msadkit.engine.semi_supervised import generate_pseudo_labels
-from msadkit.engine.trainer import train
+from msadkit.data.build import resolve_data_paths
+from msadkit.engine.train.launch import launch_training
+from msadkit.engine.semi_supervised.pseudo_labels import generate_pseudo_labels
+from msadkit.engine.train.trainer import train
 from msadkit.errors import ConfigError
 from msadkit.modeling.loading import load_run_model
 from msadkit.notebook.live import LiveLossCurves, TrainingStopped

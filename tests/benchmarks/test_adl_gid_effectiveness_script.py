@@ -47,7 +47,7 @@ def test_pretrained_files_and_lr_reach_the_teacher_and_every_student(script, tmp
 
 def test_auto_pretrained_gives_the_teacher_the_width_half_file_made_first(script, tmp_path, monkeypatch):
     monkeypatch.setenv("MSADKIT_CACHE", str(tmp_path / "cache"))  # empty: both files still to make
-    from msadkit.engine.pretrain import PretrainSettings, cached_pretrained_path
+    from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_path
 
     args = script.parse_args(["--out", str(tmp_path / "runs")])
     assert args.lr == 0.03 and args.pretrained == ["auto"]

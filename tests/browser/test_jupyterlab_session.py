@@ -119,7 +119,7 @@ def notebook_text(page) -> str:
 def finished_runs(lab):
     """Tiny finished MSAD teacher, distilled student and baseline under the lab root's
     ``runs/notebooks`` (where 03's defaults look, relative to its folder)."""
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.trainer import train
     from msadkit.notebook.training import baseline_settings, distillation_settings, notebook_config
 
     runs = lab.root / "runs" / "notebooks"

@@ -12,7 +12,7 @@ import torch
 from msadkit.cli import main
 from msadkit.commands import demo
 from msadkit.config import load_config
-from msadkit.engine.pretrain import PretrainSettings, cached_pretrained_backbone
+from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_backbone
 from msadkit.modeling.builders import build_bottom_up
 
 from tests.conftest import tiny_training_overrides
@@ -53,7 +53,7 @@ def test_from_scratch_plan_keeps_the_configs_learning_rate(tmp_path):
 @pytest.mark.parametrize("flags, pretrained", [([], True), (["--from-scratch"], False)])
 def test_demo_command_hands_the_cached_backbone_to_the_plan(tmp_path, monkeypatch, flags, pretrained):
     calls, seen = [], {}
-    monkeypatch.setattr("msadkit.engine.pretrain.cached_pretrained_backbone", lambda log=None: calls.append(1) or tmp_path / "w.pt")
+    monkeypatch.setattr("msadkit.engine.train.pretrain.cached_pretrained_backbone", lambda log=None: calls.append(1) or tmp_path / "w.pt")
 
     def fake_run_notebook(notebook, run_dir, parameters, force=False):
         seen[run_dir.name] = parameters

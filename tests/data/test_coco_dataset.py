@@ -224,15 +224,17 @@ def test_reads_a_generated_synthetic_split_like_pycocotools(tmp_path: Path) -> N
 
 
 def test_formats_torchvision_cannot_decode_fall_back_to_pil(coco_dir: Path) -> None:
-    # A 16-bit grayscale PNG (torchvision decodes it to uint16) and a BMP (no torchvision decoder)
-    # give the RGB uint8 pixels PIL's convert("RGB") gives, as before the uint8 data path.
+    # A 16-bit grayscale PNG keeps its full range (value * 255 / 65535, grey in all three channels;
+    # PIL's convert("RGB") would clip it to 255) and a BMP (no torchvision decoder) gives the RGB
+    # pixels PIL's convert("RGB") gives.
     deep = (np.arange(H * W, dtype=np.uint16).reshape(H, W) * 900).astype(np.uint16)
     Image.fromarray(deep).save(coco_dir / "images" / "a.png")
     colours = np.random.default_rng(4).integers(0, 256, (H, W, 3), dtype=np.uint8)
     Image.fromarray(colours).save(coco_dir / "images" / "b.png", format="BMP")  # named .png, BMP inside
     ds = _dataset(coco_dir)
-    for index, name in ((0, "a.png"), (1, "b.png")):
-        with Image.open(coco_dir / "images" / name) as pil:
-            expected = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
+    grey = torch.from_numpy(np.rint(deep.astype(np.float64) * 255 / 65535).astype(np.uint8))
+    with Image.open(coco_dir / "images" / "b.png") as pil:
+        bmp = torch.from_numpy(np.array(pil.convert("RGB"))).permute(2, 0, 1)
+    for index, expected in ((0, grey.expand(3, H, W)), (1, bmp)):
         image, _ = ds[index]
         assert image.dtype == torch.uint8 and torch.equal(image, expected)

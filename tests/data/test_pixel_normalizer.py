@@ -7,7 +7,7 @@ import torch
 
 from msadkit.config import load_config
 from msadkit.data import collate_detection
-from msadkit.engine.model_input import to_model_input
+from msadkit.modeling.image_batch import to_model_input
 from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.image_batch import PixelNormalizer, check_image_batch, pixel_normalizer
 

@@ -227,8 +227,8 @@ def save_random_teacher(path, name: str, overrides: list[str]):
 def test_adl_distillation_run_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, detector):
     from msadkit.config import load_config
     from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
-    from msadkit.engine.metrics_logger import read_metrics
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.metrics_logger import read_metrics
+    from msadkit.engine.train.trainer import train
     from msadkit.modeling.registry import build_model
 
     # The teacher is wider (width 0.5, 48 FPN channels) than the student (width 0.25, 32 channels).

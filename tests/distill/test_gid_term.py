@@ -226,8 +226,8 @@ def test_mismatched_teacher_and_bad_options_are_config_errors():
 def test_gid_distillation_runs_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, keys):
     from msadkit.config import load_config
     from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
-    from msadkit.engine.metrics_logger import read_metrics
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.metrics_logger import read_metrics
+    from msadkit.engine.train.trainer import train
     from msadkit.modeling.registry import build_model
 
     # A wider teacher FPN (48 channels against the student's 32) makes the term build adapters.

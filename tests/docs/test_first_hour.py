@@ -14,7 +14,7 @@ from msadkit.cli import main
 from msadkit.config import load_config
 from msadkit.config.catalog import config_description, packaged_config_catalog
 from msadkit.config.run_length import scaled_solver
-from msadkit.engine.pseudo_label_check import refuse_empty_pseudo_labels
+from msadkit.engine.semi_supervised.pseudo_label_check import refuse_empty_pseudo_labels
 from msadkit.errors import ConfigError
 from msadkit.utils.checkpoint import format_keys
 from tests.conftest import load_benchmark_script

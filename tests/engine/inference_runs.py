@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from msadkit.config import dump_config, load_config
-from msadkit.engine.datasets import resolve_data_paths
+from msadkit.data.build import resolve_data_paths
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import save_atomic
 

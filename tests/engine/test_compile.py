@@ -7,11 +7,11 @@ import copy
 import pytest
 import torch
 
-import msadkit.engine.trainer as trainer_module
+import msadkit.engine.train.trainer as trainer_module
 from msadkit.config import load_config
 from msadkit.distill.distiller import Distiller
 from msadkit.distill.msad import MSADFeatureLoss
-from msadkit.engine.compile import compile_toolchain_problem, compile_trained_model
+from msadkit.engine.train.compile import compile_toolchain_problem, compile_trained_model
 from msadkit.errors import ConfigError
 from msadkit.modeling.registry import build_model
 
@@ -90,7 +90,7 @@ def test_trainer_compile_key_compiles_the_trained_model(tmp_path, monkeypatch, t
 
 
 def test_missing_toolchain_is_one_config_error(monkeypatch) -> None:
-    import msadkit.engine.compile as compile_module
+    import msadkit.engine.train.compile as compile_module
 
     monkeypatch.setattr(compile_module.shutil, "which", lambda name: None)
     with pytest.raises(ConfigError, match="trainer.compile=true: no C\\+\\+ compiler"):

@@ -9,13 +9,13 @@ import sys
 import pytest
 import torch
 
-from msadkit.engine.evaluation import (
+from msadkit.engine.evaluation.coco_evaluation import (
     AP_KEYS,
     coco_evaluate,
     coco_evaluate_with_summary,
-    detections_to_coco,
     format_ap_table,
 )
+from msadkit.engine.inference.coco_results import detections_to_coco
 from msadkit.errors import DatasetError, InputError, MsadkitError
 
 IOU_THRESHOLDS = [0.5 + 0.05 * i for i in range(10)]

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from msadkit.engine import evaluation
-from msadkit.engine.evaluation import coco_evaluate, detections_to_coco
+from msadkit.engine.evaluation import coco_evaluation as evaluation
+from msadkit.engine.evaluation.coco_evaluation import coco_evaluate
+from msadkit.engine.inference.coco_results import detections_to_coco
 from msadkit.errors import InputError
 
 

@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
-from msadkit.engine.evaluation import (
+from msadkit.engine.evaluation.coco_evaluation import (
     check_backend,
     coco_evaluate,
     coco_evaluate_with_summary,
-    detections_to_coco,
 )
+from msadkit.engine.inference.coco_results import detections_to_coco
 from msadkit.errors import ConfigError, DatasetError, InputError, MsadkitError
 
 

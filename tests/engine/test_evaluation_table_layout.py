@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from msadkit.engine.evaluation import format_ap_table
+from msadkit.engine.evaluation.coco_evaluation import format_ap_table
 
 NAN = float("nan")
 

@@ -96,7 +96,7 @@ def test_export_to_an_unwritable_path(tmp_path, capsys):
 
 
 def test_a_failed_export_leaves_no_partial_file(tmp_path, monkeypatch):
-    import msadkit.engine.export as export
+    import msadkit.engine.inference.export as export
 
     run, _ = make_run(tmp_path / "run")
     out = tmp_path / "deploy" / "model.pt"
@@ -121,7 +121,7 @@ def test_a_failed_export_leaves_no_partial_file(tmp_path, monkeypatch):
 def test_the_graph_resize_reproduces_torch_uint8_kernel_exactly(size, new_size):
     from torch.nn import functional as F
 
-    from msadkit.engine.deploy import resize_like_uint8
+    from msadkit.engine.inference.deploy import resize_like_uint8
 
     generator = torch.Generator().manual_seed(0)
     pixels = torch.randint(0, 256, (1, 3, *size), generator=generator, dtype=torch.uint8)

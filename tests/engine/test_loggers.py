@@ -9,10 +9,10 @@ import pytest
 
 from msadkit.cli import main
 from msadkit.config import load_config
-from msadkit.engine.loggers import build_loggers, check_loggers, flatten_config
-from msadkit.engine.metrics_logger import read_metrics
-from msadkit.engine.trainer import train
-from msadkit.engine.validation import validation_rows
+from msadkit.engine.train.loggers import build_loggers, check_loggers, flatten_config
+from msadkit.engine.train.metrics_logger import read_metrics
+from msadkit.engine.train.trainer import train
+from msadkit.engine.train.validation import validation_rows
 from msadkit.errors import ConfigError, MsadkitError
 from tests.conftest import tiny_training_overrides
 
@@ -129,8 +129,8 @@ def test_optional_packages_are_imported_only_when_listed(tmp_path):
     code = (
         "import sys\n"
         "from msadkit.config import load_config\n"
-        "from msadkit.engine.loggers import build_loggers\n"
-        "import msadkit.engine.trainer\n"
+        "from msadkit.engine.train.loggers import build_loggers\n"
+        "import msadkit.engine.train.trainer\n"
         "build_loggers(load_config('fcos_demo'), sys.argv[1])\n"
         "print(sorted(m for m in ('mlflow', 'wandb', 'faster_coco_eval') if m in sys.modules))\n"
     )

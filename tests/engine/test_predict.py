@@ -146,7 +146,7 @@ def test_predict_a_run_folder_without_weights(tmp_path, fcos_run, capsys):
 
 
 def test_only_images_that_pad_alike_share_a_batch(fcos_run):
-    from msadkit.engine.inference import same_shape_batches
+    from msadkit.engine.inference.detect import same_shape_batches
 
     _, config = fcos_run  # test short side 64, long side at most 128, padding to multiples of 32
     sizes = [(64, 64), (64, 100), (96, 80), (70, 200), (64, 70), (128, 128), (64, 128)]
@@ -168,7 +168,7 @@ def test_predict_refuses_to_draw_over_its_input_images(tmp_path, fcos_run, capsy
 
 
 def test_the_progress_bar_counts_batches(tmp_path, fcos_run, capsys):
-    from msadkit.engine.predict import load_predictor, predict_images
+    from msadkit.engine.inference.predict import load_predictor, predict_images
 
     run, config = fcos_run
     images = image_copies(config, tmp_path / "images", [(64, 64), (64, 64), (64, 100)])

@@ -8,8 +8,8 @@ import pytest
 from msadkit.cli import main
 from msadkit.config import load_config
 from msadkit.data import generate_synthetic_dataset
-from msadkit.engine.datasets import build_dataset
-from msadkit.engine.trainer import train
+from msadkit.data.build import build_dataset
+from msadkit.engine.train.trainer import train
 from msadkit.errors import ConfigError
 
 

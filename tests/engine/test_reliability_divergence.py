@@ -9,8 +9,8 @@ import torch
 
 from msadkit.cli import main
 from msadkit.config import load_config
-from msadkit.engine.trainer import train
-from msadkit.engine.training_health import DivergenceMonitor, TrainingDiverged, TrainingHealth, largest_parameter
+from msadkit.engine.train.trainer import train
+from msadkit.engine.train.training_health import DivergenceMonitor, TrainingDiverged, TrainingHealth, largest_parameter
 from msadkit.errors import ConfigError
 from msadkit.utils.checkpoint import load_checkpoint_file
 

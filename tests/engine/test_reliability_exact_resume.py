@@ -20,10 +20,11 @@ import pytest
 import torch
 
 from msadkit.config import load_config
-from msadkit.engine.datasets import build_dataset
-from msadkit.engine.resumable_loader import ResumableSampler, SampleKey, SeededSamples, capture_rng
-from msadkit.engine.semi_supervised import AlternatingSampler, build_train_loader
-from msadkit.engine.trainer import train
+from msadkit.data.build import build_dataset
+from msadkit.data.resumable_loader import ResumableSampler, SampleKey, SeededSamples
+from msadkit.engine.train.exact_resume import capture_rng
+from msadkit.engine.semi_supervised.sad_loader import AlternatingSampler, build_train_loader
+from msadkit.engine.train.trainer import train
 from msadkit.utils.checkpoint import load_checkpoint_file
 from tests.engine.test_semi_supervised import write_pseudo_labels
 
@@ -164,7 +165,7 @@ SCRIPT = textwrap.dedent(
     import os, signal, sys
     import lightning as L
     from msadkit.config import load_config
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.trainer import train
 
     kill_at, resume = int(sys.argv[1]), sys.argv[2] == "resume"
 

@@ -6,8 +6,8 @@ import pytest
 
 from msadkit.cli import main
 from msadkit.config import load_config
-from msadkit.engine.resume_check import differing_config_keys
-from msadkit.engine.trainer import train
+from msadkit.engine.train.resume_check import differing_config_keys
+from msadkit.engine.train.trainer import train
 from msadkit.errors import ConfigError
 
 

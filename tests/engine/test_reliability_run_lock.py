@@ -11,8 +11,8 @@ import pytest
 
 from msadkit.cli import main
 from msadkit.config import load_config
-from msadkit.engine import trainer as trainer_module
-from msadkit.engine.trainer import train
+from msadkit.engine.train import trainer as trainer_module
+from msadkit.engine.train.trainer import train
 from msadkit.errors import ConfigError
 from msadkit.utils.run_lock import LOCK_NAME, RunLock
 

@@ -8,8 +8,8 @@ import pytest
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
 
 from msadkit.config import load_config
-from msadkit.engine.datasets import build_dataset, resolve_data_paths
-from msadkit.engine.semi_supervised import AlternatingSampler, build_train_loader
+from msadkit.data.build import build_dataset, resolve_data_paths
+from msadkit.engine.semi_supervised.sad_loader import AlternatingSampler, build_train_loader
 from msadkit.errors import ConfigError, DatasetError
 
 

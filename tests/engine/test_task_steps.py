@@ -12,7 +12,7 @@ from torch import nn
 
 from msadkit.config import load_config
 from msadkit.data.batching import DetectionBatch
-from msadkit.engine.task import DetectionTask, build_optimizer
+from msadkit.engine.train.task import DetectionTask, build_optimizer
 from msadkit.modeling.registry import build_model
 
 

@@ -10,8 +10,8 @@ import textwrap
 
 import pytest
 
-from msadkit.engine.metrics_logger import read_metrics
-from msadkit.engine.validation import validation_rows
+from msadkit.engine.train.metrics_logger import read_metrics
+from msadkit.engine.train.validation import validation_rows
 from tests.conftest import tiny_training_overrides
 
 SCRIPT = textwrap.dedent(
@@ -21,8 +21,8 @@ SCRIPT = textwrap.dedent(
     import torch
 
     from msadkit.config import load_config
-    from msadkit.engine.task import DetectionTask
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.task import DetectionTask
+    from msadkit.engine.train.trainer import train
 
     model_step = DetectionTask.validation_step
 

@@ -14,11 +14,11 @@ import torch
 
 from msadkit.cli import main
 from msadkit.config import load_config
-from msadkit.engine.metrics_logger import append_record, read_metrics
-from msadkit.engine.run_evaluation import evaluate_run
-from msadkit.engine.task import DetectionTask
-from msadkit.engine.trainer import train
-from msadkit.engine.validation import BEST_WEIGHTS_NAME, PeriodicValidation, validation_rows
+from msadkit.engine.train.metrics_logger import append_record, read_metrics
+from msadkit.engine.evaluation.run_evaluation import evaluate_run
+from msadkit.engine.train.task import DetectionTask
+from msadkit.engine.train.trainer import train
+from msadkit.engine.train.validation import BEST_WEIGHTS_NAME, PeriodicValidation, validation_rows
 from msadkit.errors import ConfigError, MsadkitError
 from tests.conftest import tiny_training_overrides
 
@@ -156,7 +156,7 @@ def test_ap_rows_and_best_weights_follow_known_detections(tmp_path, monkeypatch)
 
     rows = validation_rows(read_metrics(run / "metrics.jsonl"))
     assert [row["iter"] for row in rows] == [2, 4, 6]
-    from msadkit.engine.datasets import resolve_data_paths
+    from msadkit.data.build import resolve_data_paths
 
     expected = expected_ap_of_even_images(resolve_data_paths(config)["val_json"])
     assert 0.0 < expected < 100.0

@@ -23,13 +23,13 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from msadkit.config import load_config  # noqa: E402
 from msadkit.data import collate_detection, generate_synthetic_dataset  # noqa: E402
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic  # noqa: E402
-from msadkit.engine.datasets import build_dataset, build_loader  # noqa: E402
-from msadkit.engine.model_input import to_model_input  # noqa: E402
+from msadkit.data.build import build_dataset, build_loader  # noqa: E402
+from msadkit.modeling.image_batch import to_model_input  # noqa: E402
 from msadkit.modeling.image_batch import pixel_normalizer  # noqa: E402
-from msadkit.engine.metrics_logger import read_metrics  # noqa: E402
-from msadkit.engine.task import DetectionTask  # noqa: E402
-from msadkit.engine.run_evaluation import evaluate_run  # noqa: E402
-from msadkit.engine.trainer import build_training_model, train  # noqa: E402
+from msadkit.engine.train.metrics_logger import read_metrics  # noqa: E402
+from msadkit.engine.train.task import DetectionTask  # noqa: E402
+from msadkit.engine.evaluation.run_evaluation import evaluate_run  # noqa: E402
+from msadkit.engine.train.trainer import build_training_model, train  # noqa: E402
 from msadkit.modeling.loading import load_model_weights  # noqa: E402
 from msadkit.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 from msadkit.integrations.detectron2 import (  # noqa: E402

@@ -28,7 +28,7 @@ CORE_IMPORTS = textwrap.dedent(
 
     visit("msadkit")
     leaked = sorted(m for m in sys.modules if m.startswith("msadkit.integrations.") or m.split(".")[0] == "detectron2")
-    print("VISITED", len(visited), "msadkit.modeling.detectors.msad_teacher" in visited, "msadkit.engine.trainer" in visited)
+    print("VISITED", len(visited), "msadkit.modeling.detectors.msad_teacher" in visited, "msadkit.engine.train.trainer" in visited)
     print("LEAKED", leaked)
     """
 )

@@ -7,7 +7,7 @@ from msadkit.config import load_config
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic
 from msadkit.utils.run_folder import write_run_config
 from msadkit.errors import CheckpointError, ConfigError
-from msadkit.engine.trainer import build_training_model, train
+from msadkit.engine.train.trainer import build_training_model, train
 from msadkit.modeling.registry import build_model
 from msadkit.distill.distiller import Distiller
 from msadkit.distill.registry import TERMS

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from msadkit.config import load_config
-from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
-from msadkit.engine.metrics_logger import MetricsJsonlLogger
-from msadkit.engine.trainer import train
+from msadkit.engine.train.atomic_checkpoint_io import AtomicCheckpointIO
+from msadkit.engine.train.metrics_logger import MetricsJsonlLogger
+from msadkit.engine.train.trainer import train
 from msadkit.utils import atomic
 from msadkit.utils.atomic import atomic_write, write_text_atomic
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic

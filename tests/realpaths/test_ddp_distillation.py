@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     import torch
 
     from msadkit.config import load_config
-    from msadkit.engine.trainer import train
+    from msadkit.engine.train.trainer import train
 
     out = Path(sys.argv[1])
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from msadkit.config import load_config
-from msadkit.engine.schedule import warmup_multistep_factor
-from msadkit.engine.task import build_optimizer
-from msadkit.engine.trainer import train
+from msadkit.engine.train.schedule import warmup_multistep_factor
+from msadkit.engine.train.task import build_optimizer
+from msadkit.engine.train.trainer import train
 
 
 def test_warmup_multistep_factor_by_hand():

@@ -13,7 +13,7 @@ from typing import Any
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-from msadkit.engine.datasets import resolve_data_paths
+from msadkit.data.build import resolve_data_paths
 
 __all__ = ["DEFAULT_PREFIX", "register_msadkit_datasets"]
 
@@ -34,7 +34,7 @@ def register_msadkit_datasets(config: dict[str, Any], *, prefix: str = DEFAULT_P
         ``{"train": "<prefix>_train", "val": "<prefix>_val"}``.
 
     Raises:
-        ConfigError / DatasetError: as ``msadkit.engine.datasets.resolve_data_paths``.
+        ConfigError / DatasetError: as ``msadkit.data.build.resolve_data_paths``.
     """
     paths = resolve_data_paths(config)
     names = {}

@@ -1,6 +1,6 @@
 """Export a finished run as one deployable file: ONNX or TorchScript (``msadkit export``).
 
-The exported graph is :class:`~msadkit.engine.deploy.DeployableDetector`: input one RGB image
+The exported graph is :class:`~msadkit.engine.inference.deploy.DeployableDetector`: input one RGB image
 ``(1, 3, H, W)`` float32 in 0..255 with free ``H`` and ``W``; outputs ``boxes (D, 4)`` xyxy in
 input pixels, ``scores (D,)`` and ``labels (D,)`` (contiguous class indices). Both formats come
 from one trace (``torch.jit.trace``; ONNX through the TorchScript-based exporter, opset 17, with
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from msadkit.engine.deploy import DeployableDetector
+from msadkit.engine.inference.deploy import DeployableDetector
 from msadkit.errors import ConfigError, InputError
 from msadkit.utils.atomic import atomic_write
 

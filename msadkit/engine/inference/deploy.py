@@ -5,7 +5,7 @@ short-side resize of ``data.test_short_side`` / ``data.test_max_size``, the pixe
 zero padding to ``data.size_divisibility`` — and the model's own inference (a low-resolution
 student's 0.5x nearest copy, the dense head, decoding, class-wise NMS), then maps the boxes back to
 input pixels. It gives what ``msadkit predict`` gives on the same image, and traces into one graph
-whose height and width stay free (:mod:`msadkit.engine.export`).
+whose height and width stay free (:mod:`msadkit.engine.inference.export`).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class MetricsJsonlLogger(PeriodicMetrics):
 
 def append_record(path: str | Path, record: dict[str, Any]) -> None:
     """Append one record as a JSON line (the training rows, and the validation rows of
-    ``msadkit.engine.validation``); NaN is written as ``NaN``, as in ``eval.json``."""
+    ``msadkit.engine.train.validation``); NaN is written as ``NaN``, as in ``eval.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:

@@ -26,8 +26,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from msadkit.engine.evaluation import AP_KEYS, check_backend, coco_evaluate, detections_to_coco
-from msadkit.engine.metrics_logger import append_record, read_metrics
+from msadkit.engine.evaluation.coco_evaluation import AP_KEYS, check_backend, coco_evaluate
+from msadkit.engine.inference.coco_results import detections_to_coco
+from msadkit.engine.train.metrics_logger import append_record, read_metrics
 from msadkit.errors import ConfigError
 from msadkit.utils.checkpoint import save_atomic
 

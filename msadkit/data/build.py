@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader
 
 from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms, generate_synthetic_dataset
 from msadkit.errors import ConfigError
-from msadkit.utils.checkpoint import format_keys
 
 __all__ = ["cache_dir", "synthetic_root", "resolve_data_paths", "build_dataset", "check_num_classes", "build_loader"]
 
@@ -103,9 +102,14 @@ def check_num_classes(config: dict[str, Any], dataset: CocoDetectionDataset) -> 
     if dataset.num_classes != expected:
         raise ConfigError(
             f"model.num_classes is {expected} but {dataset.coco_json_path} has {dataset.num_classes} categories "
-            f"({format_keys(dataset.class_names, limit=100)}); set model.num_classes={dataset.num_classes} "
+            f"({_first_names(dataset.class_names)}); set model.num_classes={dataset.num_classes} "
             "or use annotations with that many categories"
         )
+
+
+def _first_names(names: list[str], limit: int = 100) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def build_loader(

@@ -8,9 +8,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from msadkit.engine.model_input import to_model_input
-from msadkit.engine.schedule import warmup_multistep_factor
-from msadkit.engine.training_health import TrainingDiverged
+from msadkit.modeling.image_batch import to_model_input
+from msadkit.engine.train.schedule import warmup_multistep_factor
+from msadkit.engine.train.training_health import TrainingDiverged
 from msadkit.modeling.image_batch import pixel_normalizer
 
 __all__ = ["DetectionTask", "build_optimizer"]
@@ -81,7 +81,7 @@ class DetectionTask(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> list[dict[str, Tensor]]:
         """Detections of the batch in eval mode (a distiller's are its student's): ``list[dict]``
         with ``"boxes" (D, 4)``, ``"scores" (D,)``, ``"labels" (D,)``, one per image; scored by
-        ``msadkit.engine.validation.PeriodicValidation`` every ``trainer.eval_period`` iterations."""
+        ``msadkit.engine.train.validation.PeriodicValidation`` every ``trainer.eval_period`` iterations."""
         return self.model(batch.images, batch.image_sizes)
 
     def configure_optimizers(self) -> Any:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from msadkit.data.synthetic_crops import CROP_CLASS_NAMES, synthetic_training_crops
-from msadkit.engine.datasets import cache_dir
+from msadkit.data.build import cache_dir
 from msadkit.errors import ConfigError
 from msadkit.modeling.backbones.slimmable import WIDTHS, SlimmableResNet50, official_module_pairs
 from msadkit.utils.checkpoint import save_atomic

@@ -15,9 +15,9 @@ from torch.utils.data import DataLoader
 
 from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms
 from msadkit.data.transforms import Compose, ResizeShortSide
-from msadkit.engine.datasets import resolve_data_paths
-from msadkit.engine.evaluation import detections_to_coco
-from msadkit.engine.model_input import to_model_input
+from msadkit.data.build import resolve_data_paths
+from msadkit.engine.inference.coco_results import detections_to_coco
+from msadkit.modeling.image_batch import to_model_input
 from msadkit.errors import ConfigError, DatasetError
 from msadkit.modeling.image_batch import PixelNormalizer, pixel_normalizer
 

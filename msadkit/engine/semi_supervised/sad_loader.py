@@ -1,7 +1,6 @@
-"""Semi-supervised adaptive distillation (SAD, docs/methods.md §2.4): pseudo-labels and alternating batches.
+"""Semi-supervised adaptive distillation (SAD, docs/methods.md §2.4): alternating batches.
 
-A trained teacher labels unlabeled images (:func:`generate_pseudo_labels`, ``msadkit
-pseudo-label``); its detections above a score threshold become a COCO json. Training then
+With teacher pseudo-labels (:mod:`msadkit.engine.semi_supervised.pseudo_labels`), training
 alternates batches as the original loader did: even batches come from the labeled training set,
 odd batches from the labeled set together with the pseudo-labeled images
 (:class:`AlternatingSampler`, :func:`build_train_loader`). On every batch the ground-truth losses
@@ -21,23 +20,14 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Sampler
 
 from msadkit.data import CocoDetectionDataset, DetectionCollator
-from msadkit.engine.datasets import resolve_data_paths
-from msadkit.engine.inference import detect_images, run_categories
-from msadkit.engine.pseudo_label_check import refuse_empty_pseudo_labels
-from msadkit.engine.resumable_loader import ResumableLoader, ResumableSampler, shuffled_order
+from msadkit.data.build import resolve_data_paths
+from msadkit.engine.inference.detect import detect_images, run_categories
+from msadkit.engine.semi_supervised.pseudo_label_check import refuse_empty_pseudo_labels
+from msadkit.data.resumable_loader import ResumableLoader, ResumableSampler, shuffled_order
 from msadkit.utils.run_folder import write_text_atomic
 from msadkit.errors import ConfigError, DatasetError
 
-__all__ = [
-    "IMAGE_SUFFIXES",
-    "AlternatingSampler",
-    "build_train_loader",
-    "pseudo_label_dataset",
-    "image_records",
-    "generate_pseudo_labels",
-]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+__all__ = ["AlternatingSampler", "build_train_loader", "pseudo_label_dataset"]
 
 
 class AlternatingSampler(Sampler[int]):
@@ -165,7 +155,7 @@ def build_train_loader(config: dict[str, Any], train_set: CocoDetectionDataset) 
 
     Either way a :class:`ResumableLoader`: its order and each sample's augmentation follow from
     ``trainer.seed``, the epoch and the position alone, so a resumed run repeats the uninterrupted
-    one (``msadkit.engine.resumable_loader``).
+    one (``msadkit.data.resumable_loader``).
 
     Raises:
         ConfigError / DatasetError: the pseudo-label json, its images or its categories do not fit.
@@ -207,130 +197,3 @@ def build_train_loader(config: dict[str, Any], train_set: CocoDetectionDataset) 
         # Worker base seeds come from here, not from the training process's generator.
         generator=torch.Generator().manual_seed(seed),
     )
-
-
-# Pseudo-label generation -------------------------------------------------------------------------
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` from the image header."""
-    try:
-        with Image.open(path) as image:
-            return image.size
-    except Exception as exc:  # PIL raises many types for unreadable files
-        raise DatasetError(f"image file {path} cannot be read: {type(exc).__name__}: {exc}") from None
-
-
-def image_records(images: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> tuple[list[dict], Path]:
-    """The images to label and the folder their file names are relative to.
-
-    Args:
-        images: a folder (every file with an image suffix directly inside it, sorted by name, ids
-            1..n) or a COCO json whose ``images`` list names them (its ids are kept; annotations,
-            if any, are ignored).
-        image_root: folder of the json's ``file_name`` entries; defaults to the json's folder.
-
-    Returns:
-        ``(records, root)``: ``{"id", "file_name", "width", "height"}`` per image.
-
-    Raises:
-        DatasetError: nothing to label, or an unreadable json or image.
-    """
-    source = Path(images).expanduser()
-    if source.is_dir():
-        files = sorted(p for p in source.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise DatasetError(f"--images {source}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-        records = []
-        for image_id, path in enumerate(files, start=1):
-            width, height = _image_size(path)
-            records.append({"id": image_id, "file_name": path.name, "width": width, "height": height})
-        return records, source
-    if not source.is_file():
-        raise DatasetError(f"--images {source}: no such image folder or COCO json")
-    try:
-        data = json.loads(source.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DatasetError(f"--images {source}: cannot be read as json: {exc}") from None
-    entries = data.get("images") if isinstance(data, dict) else None
-    if not isinstance(entries, list) or not entries:
-        raise DatasetError(f"--images {source}: expected a COCO json with a non-empty \"images\" list")
-    root = Path(image_root).expanduser() if image_root else source.parent
-    records, seen = [], set()
-    for k, entry in enumerate(entries):
-        if not isinstance(entry, dict) or not isinstance(entry.get("id"), int) or not entry.get("file_name"):
-            raise DatasetError(f"--images {source}: image #{k} needs an integer id and a file_name")
-        if entry["id"] in seen:
-            raise DatasetError(f"--images {source}: image id {entry['id']} appears twice")
-        seen.add(entry["id"])
-        width, height = entry.get("width"), entry.get("height")
-        if not (isinstance(width, int) and isinstance(height, int)):
-            width, height = _image_size(root / entry["file_name"])
-        records.append({"id": entry["id"], "file_name": entry["file_name"], "width": width, "height": height})
-    return records, root
-
-
-def generate_pseudo_labels(
-    model: nn.Module,
-    config: dict[str, Any],
-    images: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    image_root: str | os.PathLike | None = None,
-    score_threshold: float = 0.4,
-    device: str | torch.device = "cpu",
-    batch_size: int | None = None,
-) -> dict[str, Any]:
-    """Label ``images`` with a trained detector and write a COCO json atomically.
-
-    The detector runs with its config's test transforms; boxes are mapped back to original image
-    pixels. Detections scoring at least ``score_threshold`` (and above the model's own
-    ``score_thresh``, which filters first) become annotations with their ``score``; images
-    without any keep an entry in ``images`` and act as background. Categories are those of the
-    teacher's training json, so the file is read by :class:`CocoDetectionDataset` with the same
-    label mapping as the labeled set.
-
-    Args:
-        model: the trained detector (weights loaded).
-        config: its config (test transforms, training json, precision).
-        images: image folder or COCO image-info json (see :func:`image_records`).
-        out: the json to write.
-        image_root: folder of a json's ``file_name`` entries.
-        score_threshold: minimum detection score kept.
-        device: where the detector runs.
-        batch_size: images per forward pass; defaults to ``trainer.eval_batch_size``.
-
-    Returns:
-        ``{"path", "image_root", "num_images", "num_annotations"}``.
-    """
-    if not 0.0 <= score_threshold <= 1.0:
-        raise ConfigError(f"--score-threshold must lie in [0, 1], got {score_threshold}")
-    records, root = image_records(images, image_root=image_root)
-    categories = run_categories(config)
-    results = detect_images(
-        model, config, records, root, categories, device=device, batch_size=batch_size
-    )
-    annotations = []
-    for result in results:
-        x, y, w, h = result["bbox"]
-        if result["score"] < score_threshold or w <= 0 or h <= 0:
-            continue
-        annotations.append(
-            {
-                "id": len(annotations) + 1,
-                "image_id": result["image_id"],
-                "category_id": result["category_id"],
-                "bbox": [float(x), float(y), float(w), float(h)],
-                "area": float(w * h),
-                "iscrowd": 0,
-                "score": float(result["score"]),
-            }
-        )
-    coco = {
-        "info": {"description": "msadkit teacher pseudo-labels", "score_threshold": score_threshold},
-        "images": records,
-        "annotations": annotations,
-        "categories": categories,
-    }
-    path = write_text_atomic(out, json.dumps(coco, separators=(",", ":")))
-    return {"path": path, "image_root": root, "num_images": len(records), "num_annotations": len(annotations)}

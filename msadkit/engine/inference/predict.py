@@ -1,6 +1,6 @@
 """Detections of a finished run on one's own images: drawn PNGs and a COCO results json (``msadkit predict``).
 
-The detections come from :func:`msadkit.engine.inference.detect_images`, the inference
+The detections come from :func:`msadkit.engine.inference.detect.detect_images`, the inference
 ``msadkit pseudo-label`` runs: the run's test resize, batching, padding, its model (an MSAD teacher's
 chosen branch, a low-resolution student's 0.5x input path) and boxes mapped back to original pixels.
 """
@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from msadkit.engine.inference import detect_images, run_categories
-from msadkit.engine.semi_supervised import IMAGE_SUFFIXES
-from msadkit.errors import ConfigError, InputError
+from msadkit.engine.inference.detect import detect_images, run_categories
+from msadkit.data.images import IMAGE_SUFFIXES, decode_rgb, find_image_files, image_size
+from msadkit.errors import ConfigError, DatasetError, InputError
 from msadkit.modeling.loading import load_run_model, read_run_checkpoint
 from msadkit.utils.atomic import atomic_write
 from msadkit.utils.run_folder import write_json_atomic
@@ -74,7 +74,7 @@ def collect_image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = find_image_files(path)
             if not found:
                 raise InputError(f"IMAGES {item}: the folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
@@ -92,23 +92,16 @@ def collect_image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
     return list(by_output.values())  # an image named twice is predicted once
 
 
-def _decode_rgb(path: Path) -> np.ndarray:
-    """``(H, W, 3)`` uint8 RGB pixels, as the dataset decodes them."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def _check_readable(files: Sequence[Path]) -> tuple[dict[int, Path], list[dict[str, Any]], list[tuple[Path, str]]]:
     """``(path of each image id, records, unreadable)``: image records ``{"id", "file_name", "width",
     "height"}`` of the files that decode, and the others with the reason."""
     paths, records, unreadable = {}, [], []
     for path in files:
         try:
-            pixels = _decode_rgb(path)
-        except Exception as exc:  # PIL raises OSError, ValueError, SyntaxError, ... for bad files
-            unreadable.append((path, f"{type(exc).__name__}: {exc}"))
+            width, height = image_size(path)
+        except DatasetError as exc:
+            unreadable.append((path, str(exc)))
             continue
-        height, width = pixels.shape[:2]
         paths[len(records) + 1] = path
         records.append({"id": len(records) + 1, "file_name": str(path.absolute()), "width": width, "height": height})
     return paths, records, unreadable
@@ -118,7 +111,7 @@ def _draw(path: Path, detections: list[dict[str, Any]], names: dict[int, str], o
     """Write ``path`` with its detections drawn (class name and score) as a PNG at ``out``, atomically."""
     from torchvision.utils import draw_bounding_boxes
 
-    image = torch.from_numpy(_decode_rgb(path).copy()).permute(2, 0, 1)
+    image = decode_rgb(path)
     if detections:
         boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in detections)])
         labels = [f"{names[d['category_id']]} {d['score']:.2f}" for d in detections]

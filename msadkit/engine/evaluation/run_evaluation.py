@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from msadkit.engine.datasets import build_dataset, build_loader
-from msadkit.engine.evaluation import coco_evaluate
-from msadkit.engine.inference import predict_coco_results
+from msadkit.data.build import build_dataset, build_loader
+from msadkit.engine.evaluation.coco_evaluation import coco_evaluate
+from msadkit.engine.inference.detect import predict_coco_results
 from msadkit.modeling.backbones.capacity import capacity_of
 from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.modeling.loading import load_run_model

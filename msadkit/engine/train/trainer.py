@@ -13,20 +13,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from msadkit.distill.build import build_distiller
-from msadkit.engine.atomic_checkpoint_io import AtomicCheckpointIO
-from msadkit.engine.buffer_sync import BroadcastBuffersAtEnd
-from msadkit.engine.compile import compile_trained_model
-from msadkit.engine.datasets import build_dataset, build_loader
-from msadkit.engine.evaluation import format_ap_table
-from msadkit.engine.loggers import ConfigToLoggers, build_loggers
-from msadkit.engine.metrics_logger import MetricsJsonlLogger
-from msadkit.engine.resume_check import check_resume_fits
-from msadkit.engine.resumable_loader import ExactResume
-from msadkit.engine.training_health import health_callbacks
-from msadkit.engine.run_evaluation import evaluate_model
-from msadkit.engine.semi_supervised import build_train_loader
-from msadkit.engine.task import DetectionTask
-from msadkit.engine.validation import PeriodicValidation, check_validation_config, validation_schedule
+from msadkit.engine.train.atomic_checkpoint_io import AtomicCheckpointIO
+from msadkit.engine.train.buffer_sync import BroadcastBuffersAtEnd
+from msadkit.engine.train.compile import compile_trained_model
+from msadkit.data.build import build_dataset, build_loader
+from msadkit.engine.evaluation.coco_evaluation import format_ap_table
+from msadkit.engine.train.loggers import ConfigToLoggers, build_loggers
+from msadkit.engine.train.metrics_logger import MetricsJsonlLogger
+from msadkit.engine.train.resume_check import check_resume_fits
+from msadkit.engine.train.exact_resume import ExactResume
+from msadkit.engine.train.training_health import health_callbacks
+from msadkit.engine.evaluation.run_evaluation import evaluate_model
+from msadkit.engine.semi_supervised.sad_loader import build_train_loader
+from msadkit.engine.train.task import DetectionTask
+from msadkit.engine.train.validation import PeriodicValidation, check_validation_config, validation_schedule
 from msadkit.errors import ConfigError
 from msadkit.modeling.registry import build_model
 from msadkit.utils.atomic import remove_stale_temporaries
@@ -175,7 +175,7 @@ def train(
     the checkpoint's iteration) and writes ``config.yaml``; after training, ``model_final.pth``
     (``{"model": state_dict, "config": config}``), ``eval.json`` and ``summary.json``. With
     ``trainer.eval_period`` the validation split is also scored during training
-    (``msadkit.engine.validation``: ``val/...`` rows in ``metrics.jsonl``, ``model_best.pth``).
+    (``msadkit.engine.train.validation``: ``val/...`` rows in ``metrics.jsonl``, ``model_best.pth``).
 
     Args:
         config: resolved config (``msadkit.config.load_config``).

@@ -13,8 +13,8 @@ random number its augmentation draws, depend only on ``(trainer.seed, epoch, pos
 - :class:`ResumableLoader` counts the batches training consumed and implements Lightning's
   stateful-loader interface (``state_dict``/``load_state_dict``, saved by the fit loop in every
   checkpoint); a restored loader starts its next pass at the saved epoch and batch.
-- :class:`ExactResume` advances that counter after every training batch and keeps the training
-  process's random generators in the checkpoint, restoring them before the first resumed batch.
+- :class:`msadkit.engine.train.exact_resume.ExactResume` advances that counter after every training
+  batch and keeps the training process's random generators in the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import logging
 import random
 from typing import Any, Callable, Iterator, NamedTuple
 
-import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -34,15 +33,10 @@ __all__ = [
     "ResumableSampler",
     "SeededSamples",
     "ResumableLoader",
-    "ExactResume",
     "shuffled_order",
-    "capture_rng",
-    "restore_rng",
 ]
 
 logger = logging.getLogger(__name__)
-
-RNG_CHECKPOINT_KEY = "msadkit_rng"
 
 
 class SampleKey(NamedTuple):
@@ -159,31 +153,6 @@ class ResumableSampler(DistributedSampler):
             yield SampleKey(stream[position], seeds[position])
 
 
-def capture_rng() -> dict[str, Any]:
-    """The state of Python's, numpy's and torch's (CPU and, when in use, CUDA) global generators."""
-    name, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": random.getstate(),
-        # Plain types and tensors only: checkpoints are read with torch.load(weights_only=True).
-        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gauss)],
-        "torch": torch.random.get_rng_state(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict[str, Any]) -> None:
-    """Undo to a :func:`capture_rng` state (CUDA only when the device count matches)."""
-    random.setstate(state["python"])
-    name, keys, position, has_gauss, cached_gauss = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss, cached_gauss))
-    torch.random.set_rng_state(state["torch"])
-    cuda = state.get("cuda")
-    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
-
-
 class SeededSamples(Dataset):
     """``dataset[key.index]`` computed with Python, numpy and torch (CPU) seeded from ``key.seed``.
 
@@ -216,7 +185,7 @@ class ResumableLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ResumableSampler` that Lightning saves and restores.
 
     ``batches_done`` counts the batches training consumed since the run began (advanced by
-    :class:`ExactResume`); it is the loader's whole state. After :meth:`load_state_dict` the next
+    :class:`~msadkit.engine.train.exact_resume.ExactResume`); it is the loader's whole state. After :meth:`load_state_dict` the next
     pass starts at epoch ``batches_done // len(self)``, batch ``batches_done % len(self)``.
 
     Args:
@@ -244,33 +213,3 @@ class ResumableLoader(DataLoader):
             )
         epoch, batch = divmod(self.batches_done, per_epoch)
         self.sampler.resume_at(epoch, batch * int(self.batch_size or 1))
-
-
-class ExactResume(L.Callback):
-    """Advances the training loader's batch counter (a :class:`ResumableLoader`) and keeps the
-    training process's RNG in checkpoints.
-
-    The generators are captured when a checkpoint is written (after the batch it follows) and set
-    back before the first batch of the resumed run, past everything that setting up the run drew.
-    """
-
-    def __init__(self) -> None:
-        self._rng_to_restore: dict[str, Any] | None = None
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        # Runs before ModelCheckpoint's hook (Lightning orders checkpoint callbacks last), so the
-        # checkpoint written after this batch counts it.
-        loader = trainer.train_dataloader
-        if isinstance(loader, ResumableLoader):
-            loader.batches_done += 1
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        checkpoint[RNG_CHECKPOINT_KEY] = capture_rng()
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get(RNG_CHECKPOINT_KEY)
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if self._rng_to_restore is not None:
-            restore_rng(self._rng_to_restore)
-            self._rng_to_restore = None

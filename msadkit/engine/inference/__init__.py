@@ -1,0 +1,1 @@
+"""Inference on image files, `msadkit predict`, the deployable graph and its ONNX/TorchScript export."""

@@ -1,0 +1,1 @@
+"""Semi-supervised distillation (SAD): teacher pseudo-labels and the alternating training loader."""

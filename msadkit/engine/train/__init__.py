@@ -1,0 +1,1 @@
+"""Training on the Lightning engine: task, trainer, schedule, checkpoints, health, loggers, validation, launching."""
