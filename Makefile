@@ -25,6 +25,8 @@ lab: install
 
 test: install
 	$(BIN)/lint-imports
+	$(BIN)/ruff check msadkit
+	$(BIN)/mypy msadkit
 	$(BIN)/python -m pytest
 
 test-slow: install

@@ -105,7 +105,7 @@ def test_loss_specs_and_student_settings(tmp_path):
 
     student = load_config("msad/msad_student_demo")
     baseline = load_config("msad/msad_student_demo", override_strings(baseline_settings(student)))
-    assert baseline["distill"] == {"teacher": None, "init_student_from_teacher": False, "losses": []}
+    assert baseline["distill"] == {"teacher": None, "init_student_from_teacher": False, "cross_resolution": False, "losses": []}
     assert (baseline["role"], baseline["method"], baseline["model"]["resolution"]) == ("baseline", "fcos", "low")
 
 
@@ -122,7 +122,7 @@ def test_train_or_reuse_reuses_a_finished_run_and_refuses_another_config(tmp_pat
     config = notebook_config("fcos_demo", output_dir=tmp_path / "run", iterations=5)
     run_dir = _fake_finished_run(config)
     assert run_state(run_dir) == "finished"
-    monkeypatch.setattr("msadkit.engine.trainer.train", lambda *a, **k: pytest.fail("must not train again"))
+    monkeypatch.setattr("msadkit.engine.train.trainer.train", lambda *a, **k: pytest.fail("must not train again"))
     messages = []
     assert train_or_reuse(config, echo=messages.append) == run_dir
     assert "reusing" in messages[0]
@@ -138,7 +138,7 @@ def test_several_devices_train_in_a_subprocess(tmp_path, monkeypatch):
         return "launched"
 
     monkeypatch.setattr(notebook_training, "launch_training", fake_launch)
-    monkeypatch.setattr("msadkit.engine.trainer.train", lambda *a, **k: pytest.fail("DDP must not start in the kernel"))
+    monkeypatch.setattr("msadkit.engine.train.trainer.train", lambda *a, **k: pytest.fail("DDP must not start in the kernel"))
     config = notebook_config("fcos_demo", output_dir=tmp_path / "run", devices=2, device="gpu")
     assert train_or_reuse(config) == "launched"
     assert calls[0][0]["trainer"]["devices"] == 2 and calls[0][1]["resume"] is False

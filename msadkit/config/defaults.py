@@ -9,11 +9,15 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-__all__ = ["DEFAULTS", "default_config", "FREE_FORM_KEYS"]
+__all__ = ["DEFAULTS", "default_config", "FREE_FORM_KEYS", "FCOS_CENTER_SAMPLING_RADIUS"]
 
 # Keys whose values are free-form (lists of dicts, arbitrary mappings) and are not checked
 # against DEFAULTS below them.
 FREE_FORM_KEYS = ("distill.losses",)
+
+# FCOS's centre-sampling radius in strides (FCOS and MSAD code, docs/methods.md §1.5); the
+# detector and the assignment function take their default from here.
+FCOS_CENTER_SAMPLING_RADIUS = 1.5
 
 DEFAULTS: dict[str, Any] = {
     # A short label used in AP tables: fcos, retinanet, msad_teacher, msad_student, ...
@@ -53,7 +57,7 @@ DEFAULTS: dict[str, Any] = {
             "num_convs": 4,
             "norm": "GN",
             "prior_prob": 0.01,
-            "center_sampling_radius": 1.5,
+            "center_sampling_radius": FCOS_CENTER_SAMPLING_RADIUS,
             "focal_alpha": 0.25,
             "focal_gamma": 2.0,
             "score_thresh": 0.05,
@@ -152,6 +156,9 @@ DEFAULTS: dict[str, Any] = {
         # Wrap the trained model (the student of a distiller, never the frozen teacher) in torch.compile.
         "compile": False,
         "checkpoint_period": 1000,
+        # How many periodic checkpoints (checkpoints/iter_step=N.ckpt) to keep, the newest; older
+        # ones are removed. checkpoints/last.ckpt, the one --resume starts from, is always kept.
+        "keep_checkpoints": 2,
         "log_period": 20,
         "eval_batch_size": 8,
         "seed": 0,
@@ -187,6 +194,11 @@ DEFAULTS: dict[str, Any] = {
         # Initialise the student's backbone, FPN and head from the teacher on a fresh run (MSAD);
         # a resumed run always continues from the student's own checkpoint.
         "init_student_from_teacher": False,
+        # A low-resolution student (model.resolution: low, the 0.5x nearest copy of the batch) of a
+        # high-resolution teacher: student level l is paired with teacher level l+1 (p2..p6 with
+        # p3..p7, docs/methods.md §1.2) for every term; needs data.size_divisibility a multiple of
+        # 256. An MSAD teacher's fused levels are always paired that way with a low-res student.
+        "cross_resolution": False,
         # List of {"type": msad_feature|adl|gid, "weight": float, ...type-specific options}.
         "losses": [],
     },

@@ -10,7 +10,9 @@ from typing import Any, Iterable
 import yaml
 
 from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
+from msadkit.config.checks import check_counts
 from msadkit.config.run_length import schedule_label
+from msadkit.config.sections import check_list_item, nullable_type, parse_number
 from msadkit.errors import ConfigError
 
 __all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config", "complete_config", "parse_number"]
@@ -40,9 +42,27 @@ def resolve_config_path(name: str | Path, relative_to: Path | None = None) -> Pa
     )
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a mapping naming one key twice (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(
+                    f"config {self.name}: key {key!r} appears twice in one mapping, at lines {seen[key]} and {line} "
+                    "(YAML would keep only the second)"
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open(encoding="utf-8") as stream:
+            data = yaml.load(stream, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path} is not valid YAML: {exc}") from None
     if data is None:
@@ -50,30 +70,6 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config {path} must hold a mapping at the top level, got {type(data).__name__}")
     return data
-
-
-# Digits with single underscores between them, as Python and YAML 1.1 write ``1_000``.
-_DIGITS = r"\d(?:_?\d)*"
-_INT_RE = re.compile(rf"[-+]?{_DIGITS}")
-_FLOAT_RE = re.compile(rf"[-+]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})(?:[eE][-+]?\d+)?")
-_SPECIAL_FLOAT_RE = re.compile(r"[-+]?\.?(?:inf|infinity|nan)", re.IGNORECASE)
-
-
-def parse_number(text: str) -> int | float | None:
-    """The number ``text`` spells, or None when it spells none.
-
-    Integers (``3``, ``+7``, ``1_000``) give an int; decimal and scientific spellings (``0.5``,
-    ``.5``, ``1.``, ``1e-3``, ``1E4``, ``5e-3``, ``-2.5E+2``, ``1_000.0``) and ``inf``/``nan``
-    (optionally signed, with or without YAML's leading dot) give a float.
-    """
-    text = text.strip()
-    if _INT_RE.fullmatch(text):
-        return int(text)
-    if _FLOAT_RE.fullmatch(text):
-        return float(text)
-    if _SPECIAL_FLOAT_RE.fullmatch(text):
-        return float(text.replace(".", ""))
-    return None
 
 
 def _is_int(value: Any) -> bool:
@@ -108,9 +104,17 @@ def _coerce(default: Any, value: Any) -> Any:
     return value
 
 
-def _type_ok(default: Any, value: Any) -> bool:
-    if default is None or value is None:
-        return True
+def _type_ok(default: Any, value: Any, dotted: str = "") -> bool:
+    if value is None:
+        # "Not set" is a value only where the default is "not set" too.
+        return default is None
+    if default is None:
+        declared = nullable_type(dotted)
+        if declared is None:
+            return True
+        if declared is bool or declared == (bool,):
+            return isinstance(value, bool)
+        return isinstance(value, declared) and not (isinstance(value, bool) and declared in (int, float))
     if isinstance(default, bool):
         return isinstance(value, bool)
     if _is_int(default):
@@ -127,7 +131,11 @@ def _type_ok(default: Any, value: Any) -> bool:
     return isinstance(value, type(default))
 
 
-def _type_name(default: Any) -> str:
+def _type_name(default: Any, dotted: str = "") -> str:
+    if default is None and nullable_type(dotted) is not None:
+        declared = nullable_type(dotted)
+        names = " or ".join(k.__name__ for k in (declared if isinstance(declared, tuple) else (declared,)))
+        return f"{names} (or null)"
     kind = _numeric_list_kind(default)
     return f"list of {kind.__name__}" if kind is not None else type(default).__name__
 
@@ -137,6 +145,9 @@ def _merge(base: dict, update: dict, defaults: dict | None, source: str, prefix:
     for key, value in update.items():
         dotted = f"{prefix}{key}"
         if dotted in FREE_FORM_KEYS:
+            if defaults is not None and isinstance(value, list):
+                for index, item in enumerate(value):
+                    check_list_item(dotted, item, f"{dotted}[{index}] in {source}")
             base[key] = copy.deepcopy(value)
             continue
         if defaults is None:
@@ -156,8 +167,10 @@ def _merge(base: dict, update: dict, defaults: dict | None, source: str, prefix:
             _merge(base[key], value, default, source, dotted + ".")
             continue
         coerced = _coerce(default, value)
-        if not _type_ok(default, coerced):
-            raise ConfigError(f"config key '{dotted}' in {source} must be of type {_type_name(default)}, got {value!r}")
+        if not _type_ok(default, coerced, dotted):
+            raise ConfigError(
+                f"config key '{dotted}' in {source} must be of type {_type_name(default, dotted)}, got {value!r}"
+            )
         base[key] = copy.deepcopy(coerced)
 
 
@@ -221,6 +234,7 @@ def load_config(name: str | Path | None = None, overrides: Iterable[str] = ()) -
     # schedule=... override still wins.
     if config["solver"]["max_iter"] != file_max_iter and not labelled:
         config["schedule"] = schedule_label(config["schedule"], config["solver"]["max_iter"])
+    check_counts(config, str(name) if name is not None and not overrides else "the config and its overrides")
     return config
 
 

@@ -18,7 +18,7 @@ from msadkit.errors import ConfigError
 from msadkit.modeling.detectors.msad_teacher import SIZE_DIVISIBILITY, MSADTeacher
 from msadkit.modeling.loading import load_run_model
 
-__all__ = ["build_distiller", "init_student_from_teacher"]
+__all__ = ["build_distiller", "check_resolution_pairing", "init_student_from_teacher"]
 
 
 def init_student_from_teacher(
@@ -58,6 +58,44 @@ def init_student_from_teacher(
     student.load_state_dict({name: source[name].clone() for name in target}, strict=True)
 
 
+def check_resolution_pairing(config: dict[str, Any], teacher: nn.Module, teacher_config: dict[str, Any]) -> None:
+    """Refuse a student/teacher pair whose levels ``distill.cross_resolution`` cannot align.
+
+    A student's level ``i`` is paired with the teacher's level ``i``: at one resolution both are
+    ``p3..p7``; across resolutions the student sees the 0.5x copy and uses ``p2..p6``
+    (:mod:`msadkit.modeling.levels`), which cover the image as the teacher's ``p3..p7`` do.
+
+    Raises:
+        ConfigError: the resolutions differ without ``distill.cross_resolution``, or the key is set
+            for a pair that is not a high-resolution teacher and a low-resolution student, or the
+            batch padding does not keep the two pyramids aligned.
+    """
+    student_res = config["model"]["resolution"]
+    if isinstance(teacher, MSADTeacher):
+        return  # its fused levels F3..F7 are built to pair with a low-resolution student's p2..p6
+    teacher_res = teacher_config["model"]["resolution"]
+    if not config["distill"]["cross_resolution"]:
+        if student_res != teacher_res:
+            raise ConfigError(
+                f"the student sees the {student_res}-resolution image (model.resolution) and the teacher the "
+                f"{teacher_res}-resolution one: set distill.cross_resolution=true to pair student level l with "
+                "teacher level l+1"
+            )
+        return
+    if (student_res, teacher_res) != ("low", "high"):
+        raise ConfigError(
+            "distill.cross_resolution pairs a low-resolution student with a high-resolution teacher: the student has "
+            f"model.resolution={student_res}, the teacher's run model.resolution={teacher_res}"
+        )
+    divisibility = config["data"]["size_divisibility"]
+    if divisibility % SIZE_DIVISIBILITY:
+        raise ConfigError(
+            f"distill.cross_resolution needs batches padded to a multiple of {SIZE_DIVISIBILITY} so that the 0.5x "
+            f"copy's p2..p6 line up with the teacher's p3..p7; set data.size_divisibility={SIZE_DIVISIBILITY} "
+            f"(got {divisibility})"
+        )
+
+
 def build_distiller(config: dict[str, Any], *, student: nn.Module) -> Distiller:
     """The student, the frozen teacher named by ``distill.teacher`` and the ``distill.losses`` terms.
 
@@ -84,6 +122,7 @@ def build_distiller(config: dict[str, Any], *, student: nn.Module) -> Distiller:
             f"distill.teacher is an MSAD teacher, which needs batches padded to a multiple of "
             f"{SIZE_DIVISIBILITY}; set data.size_divisibility={SIZE_DIVISIBILITY} (got {divisibility})"
         )
+    check_resolution_pairing(config, teacher, teacher_config)
     if distill_cfg["init_student_from_teacher"]:
         init_student_from_teacher(student, teacher, student_config=config, teacher_config=teacher_config)
     terms = [

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from msadkit.modeling.levels import HIGH_RES_FEATURES, LOW_RES_FEATURES
 from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.detectors.dense_detector import DenseDetector
 
-__all__ = ["check_same_layout", "check_same_prediction_shape", "dense_detector_of", "feature_channels"]
+__all__ = ["levels_pair_up", "check_same_layout", "check_same_prediction_shape", "dense_detector_of", "feature_channels"]
 
 
 def dense_detector_of(model: nn.Module, *, term: str, role: str = "teacher") -> DenseDetector:
@@ -48,6 +49,20 @@ def feature_channels(model: nn.Module, *, term: str, role: str) -> int:
             "it has no FPN backbone"
         )
     return channels
+
+
+def levels_pair_up(student: nn.Module, teacher: nn.Module) -> bool:
+    """Whether the student's level ``i`` covers the image as the plain teacher's level ``i`` does.
+
+    True at one resolution with the same levels, and across resolutions (``distill.cross_resolution``)
+    for a student on the 0.5x copy using ``p2..p6`` and a teacher on the image using ``p3..p7``.
+    """
+    student_side = (student.input_downsample, tuple(student.in_features))
+    teacher_side = (teacher.input_downsample, tuple(teacher.in_features))
+    return student_side == teacher_side or (student_side, teacher_side) == (
+        (2, LOW_RES_FEATURES),
+        (1, HIGH_RES_FEATURES),
+    )
 
 
 def check_same_layout(student: nn.Module, teacher: nn.Module, *, term: str) -> None:

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from msadkit.distill.adapters import make_feature_adapters
 from msadkit.distill.distiller import DistillationLoss
 from msadkit.distill.layout import feature_channels
+from msadkit.distill.layout import levels_pair_up
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -254,12 +255,13 @@ def build_msad_feature(
                 f"low-resolution student on {tuple(teacher_low)}; set model.resolution=low "
                 f"(the student uses {student_levels} at input_downsample={student.input_downsample})"
             )
-    elif (student.input_downsample, student_levels) != (teacher.input_downsample, tuple(teacher.in_features)):
+    elif not levels_pair_up(student, teacher):
         raise ConfigError(
             f"{where}: student and teacher levels do not line up (student "
             f"{student_levels} at input_downsample={student.input_downsample}, teacher "
             f"{tuple(teacher.in_features)} at input_downsample={teacher.input_downsample}); "
-            "use the same model.resolution"
+            "use the same model.resolution, or a low-resolution student of a high-resolution teacher "
+            "with distill.cross_resolution=true"
         )
     return MSADFeatureLoss(
         name=values["name"],

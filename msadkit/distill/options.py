@@ -5,29 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from msadkit.config.loader import parse_number
+from msadkit.config.sections import type_name, value_fits
 from msadkit.errors import ConfigError
 
 __all__ = ["resolve_options"]
-
-
-def _type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    return f"a {type(value).__name__}"
-
-
-def _fits(default: Any, value: Any) -> bool:
-    if default is None:
-        return True
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, (int, float)):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, type(default))
 
 
 def resolve_options(
@@ -45,7 +26,7 @@ def resolve_options(
         name: default prefix of the term's loss keys.
     """
     known = {"weight": 1.0, "name": name or f"loss_{term}", **defaults}
-    unknown = sorted(set(options) - set(known))
+    unknown = sorted(str(key) for key in set(options) - set(known))
     if unknown:
         raise ConfigError(
             f"distill.losses entry of type {term!r}: unknown option(s) {', '.join(unknown)} "
@@ -58,9 +39,9 @@ def resolve_options(
             # YAML 1.1 reads `weight: 1e-3` as a string: one number parser for every config value.
             number = parse_number(value)
             value = value if number is None else number
-        if not _fits(default, value):
+        if not value_fits(default, value):
             raise ConfigError(
-                f"distill.losses entry of type {term!r}: option {key!r} must be {_type_name(known[key])}, "
+                f"distill.losses entry of type {term!r}: option {key!r} must be {type_name(known[key])}, "
                 f"got {value!r}"
             )
         resolved[key] = value

@@ -48,7 +48,7 @@ def test_train_iterations_scales_warmup_and_steps(monkeypatch, tmp_path, capsys)
         seen.update(config)
         return tmp_path
 
-    monkeypatch.setattr("msadkit.engine.trainer.train", fake_train)
+    monkeypatch.setattr("msadkit.engine.train.trainer.train", fake_train)
     assert main(["train", "fcos_demo", "--iterations", "30", "solver.base_lr=0.02"]) == 0
     solver = seen["solver"]
     assert (solver["max_iter"], solver["steps"], solver["warmup_iters"], solver["base_lr"]) == (30, [24, 28], 5, 0.02)

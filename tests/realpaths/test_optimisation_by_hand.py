@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from msadkit.config import load_config
-from msadkit.engine.train.schedule import warmup_multistep_factor
+from msadkit.engine.train.schedule import warmup_cosine_lr, warmup_multistep_factor
 from msadkit.engine.train.task import build_optimizer
 from msadkit.engine.train.trainer import train
 
@@ -21,6 +21,16 @@ def test_warmup_multistep_factor_by_hand():
     # A decay step inside the warm-up multiplies the warm-up ramp.
     assert warmup_multistep_factor(1, steps=[1], gamma=0.1, warmup_iters=4, warmup_factor=0.2) == pytest.approx(0.04)
     assert warmup_multistep_factor(0, steps=[], warmup_iters=0) == 1.0
+
+
+def test_pretraining_cosine_schedule_by_hand():
+    # 105 iterations: warm-up over 105 // 20 = 5 (0.2, 0.4, ... of base), then half a cosine over 100.
+    lr = [warmup_cosine_lr(i, base_lr=0.5, total_iters=105) for i in range(105)]
+    assert lr[:6] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5, 0.5])
+    assert lr[55] == pytest.approx(0.25)  # halfway through the cosine
+    assert lr[30] == pytest.approx(0.25 * (1 + 0.7071067811865476))  # a quarter: cos(pi / 4)
+    assert warmup_cosine_lr(105, base_lr=0.5, total_iters=105) == pytest.approx(0.0, abs=1e-12)
+    assert warmup_cosine_lr(0, base_lr=0.5, total_iters=3) == pytest.approx(0.5)  # warm-up of one iteration
 
 
 def test_the_trainer_follows_the_schedule_iteration_by_iteration(tmp_path, tiny_overrides):

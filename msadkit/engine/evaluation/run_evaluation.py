@@ -12,7 +12,7 @@ from torch import nn
 
 from msadkit.data.build import build_dataset, build_loader
 from msadkit.engine.evaluation.coco_evaluation import coco_evaluate
-from msadkit.engine.inference.detect import predict_coco_results
+from msadkit.engine.inference.detect import evaluation_category_ids, predict_coco_results
 from msadkit.modeling.backbones.capacity import capacity_of
 from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.modeling.loading import load_run_model
@@ -46,7 +46,7 @@ def evaluate_model(
     results = predict_coco_results(
         model,
         loader,
-        dataset.category_ids,
+        evaluation_category_ids(config, dataset),
         pixels=pixel_normalizer(config),
         device=device,
         precision=config["trainer"]["precision"],

@@ -117,6 +117,27 @@ def run_categories(config: dict[str, Any]) -> list[dict[str, Any]]:
     return categories
 
 
+def evaluation_category_ids(config: dict[str, Any], dataset: CocoDetectionDataset) -> list[int]:
+    """The COCO category id of each of the run's labels, checked against the set it is evaluated on.
+
+    The run's own mapping (its training json, :func:`run_categories`) is the one source: a
+    validation json whose categories differ (other ids, another order, another count) would
+    silently score label ``i`` as another class, so it is refused.
+
+    Raises:
+        ConfigError: the two jsons' category ids differ (both files and both id lists named).
+    """
+    ids = [int(category["id"]) for category in run_categories(config)]
+    if ids != list(dataset.category_ids):
+        train_json = resolve_data_paths(config)["train_json"]
+        raise ConfigError(
+            f"the run's labels are the categories of its training annotations {train_json} (ids {ids[:20]}) but the "
+            f"evaluation annotations {dataset.coco_json_path} have category ids {list(dataset.category_ids)[:20]}; "
+            "evaluate on annotations with the training set's categories"
+        )
+    return ids
+
+
 def same_shape_batches(config: dict[str, Any], records: Sequence[dict[str, Any]], batch_size: int) -> list[list[int]]:
     """Indices of ``records`` in batches of at most ``batch_size`` images that all pad to one size.
 

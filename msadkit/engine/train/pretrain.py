@@ -13,6 +13,12 @@ index, which keeps a width-0.25 checkpoint near 6 MB instead of the ~100 MB of t
 Loading it at a wider width fails in the loader with a message naming the too-small tensors.
 
 The file is cached under ``<msadkit cache>/pretrained/`` by its settings: generated once, reused.
+
+This loop does not run on the Lightning task and trainer the detectors train with, on purpose: it
+trains a classifier on one in-memory tensor of crops (no detection batches, targets, run folder,
+validation or resume), in about a minute, and its output is a cached file keyed by its settings
+whose bits every demo number depends on; its learning-rate schedule does come from
+:mod:`msadkit.engine.train.schedule` (:func:`~msadkit.engine.train.schedule.warmup_cosine_lr`).
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +36,7 @@ from torch import nn
 
 from msadkit.data.synthetic_crops import CROP_CLASS_NAMES, synthetic_training_crops
 from msadkit.data.build import cache_dir
+from msadkit.engine.train.schedule import warmup_cosine_lr
 from msadkit.errors import ConfigError
 from msadkit.modeling.backbones.slimmable import WIDTHS, SlimmableResNet50, official_module_pairs
 from msadkit.utils.checkpoint import save_atomic
@@ -122,14 +128,6 @@ class _Classifier(nn.Module):
         return self.fc(self.backbone(x)["res5"].mean(dim=(2, 3)))
 
 
-def _learning_rate(step: int, settings: PretrainSettings) -> float:
-    warmup = max(1, settings.iterations // 20)
-    if step < warmup:
-        return settings.lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, settings.iterations - warmup)
-    return settings.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 @torch.no_grad()
 def _accuracy(model: _Classifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> float:
     model.eval()
@@ -179,7 +177,7 @@ def pretrain_backbone(
         flip = torch.rand(len(index), generator=generator) < 0.5
         batch[flip] = batch[flip].flip(-1)
         for group in optimizer.param_groups:
-            group["lr"] = _learning_rate(step, settings)
+            group["lr"] = warmup_cosine_lr(step, base_lr=settings.lr, total_iters=settings.iterations)
         loss = nn.functional.cross_entropy(model(batch), train_labels[index])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

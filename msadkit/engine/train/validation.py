@@ -28,6 +28,7 @@ from torch import nn
 
 from msadkit.engine.evaluation.coco_evaluation import AP_KEYS, check_backend, coco_evaluate
 from msadkit.engine.inference.coco_results import detections_to_coco
+from msadkit.engine.inference.detect import evaluation_category_ids
 from msadkit.engine.train.metrics_logger import append_record, read_metrics
 from msadkit.errors import ConfigError
 from msadkit.utils.checkpoint import save_atomic
@@ -117,6 +118,7 @@ class PeriodicValidation(L.Callback):
         self.export = export
         self.best_ap = -math.inf
         self._per_image: dict[int, list[dict[str, Any]]] = {}
+        self._category_ids: list[int] = []
         self._started = 0.0
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -132,6 +134,7 @@ class PeriodicValidation(L.Callback):
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._per_image = {}
         self._started = time.perf_counter()
+        self._category_ids = evaluation_category_ids(self.config, trainer.val_dataloaders.dataset)
 
     def on_validation_batch_end(
         self,
@@ -154,7 +157,7 @@ class PeriodicValidation(L.Callback):
             # repeats images to give every rank the same count, and a dict keyed by image id
             # counts each once.
             scale = float(target["scale"])
-            self._per_image[image_id] = detections_to_coco([det], [image_id], [scale], dataset.category_ids)
+            self._per_image[image_id] = detections_to_coco([det], [image_id], [scale], self._category_ids)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         per_image = _gather_on_rank_zero(self._per_image, trainer)

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from msadkit.config.defaults import FCOS_CENTER_SAMPLING_RADIUS
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
 from msadkit.modeling.detectors.postprocess import select_detections, select_detections_nms_first, top_candidates
@@ -63,7 +64,7 @@ class FCOS(DenseDetector):
         in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZES_OF_INTEREST,
-        center_sampling_radius: float = 1.5,
+        center_sampling_radius: float = FCOS_CENTER_SAMPLING_RADIUS,
         giou_smoothing: float = 0.0,
         clip_before_nms: bool = True,
         **common: Any,

@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from msadkit.config.defaults import FCOS_CENTER_SAMPLING_RADIUS
+
 __all__ = [
     "DEFAULT_SIZES_OF_INTEREST",
     "FCOSTargets",
@@ -85,7 +87,7 @@ def assign_fcos_targets(
     num_classes: int,
     *,
     sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZES_OF_INTEREST,
-    center_sampling_radius: float = 1.5,
+    center_sampling_radius: float = FCOS_CENTER_SAMPLING_RADIUS,
 ) -> FCOSTargets:
     """Assign every location of every level to at most one ground-truth box.
 

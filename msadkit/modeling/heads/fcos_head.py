@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from msadkit.modeling.heads.tower import conv_tower, init_dense_head
+from msadkit.modeling.heads.tower import conv_tower, init_dense_head, run_tower, tower_blocks
 
 __all__ = ["Scale", "FCOSHead"]
 
@@ -79,6 +79,56 @@ class FCOSHead(nn.Module):
         for level, feature in enumerate(levels):
             cls_feature = self.cls_tower(feature)
             box_feature = self.bbox_tower(feature)
+            cls_logits.append(self.cls_logits(cls_feature))
+            bbox_reg.append(F.relu(self.scales[level](self.bbox_pred(box_feature))))
+            centerness.append(self.centerness(box_feature))
+        return {"cls_logits": cls_logits, "bbox_reg": bbox_reg, "centerness": centerness}
+
+    # Cutting the head (CrossKD runs one head's towers to a conv and another's from there) --------
+
+    @property
+    def num_tower_convs(self) -> int:
+        """Convs per tower."""
+        return len(tower_blocks(self.cls_tower))
+
+    def tower_features(self, levels: list[Tensor], upto: int) -> list[tuple[Tensor, Tensor]]:
+        """Per level ``(cls, box)`` tower features after ``upto`` convs, before the last one's ReLU.
+
+        Args:
+            levels: ``L`` maps ``(N, C, Hi, Wi)``.
+            upto: convs run, ``0 .. num_tower_convs``; 0 gives the level itself to both towers.
+
+        Returns:
+            ``L`` pairs of ``(N, C, Hi, Wi)`` maps for :meth:`predict_from` with ``start=upto``.
+        """
+        return [
+            (
+                run_tower(self.cls_tower, x, stop=upto, activate_last=False),
+                run_tower(self.bbox_tower, x, stop=upto, activate_last=False),
+            )
+            for x in levels
+        ]
+
+    def predict_from(self, features: list[tuple[Tensor, Tensor]], start: int) -> dict[str, list[Tensor]]:
+        """Finish the towers from conv ``start`` and predict; ``predict_from(tower_features(x, k), k)``
+        equals ``forward(x)`` for every ``k``.
+
+        Args:
+            features: per level ``(cls, box)`` maps as :meth:`tower_features` returns them (level ``i``
+                uses ``scales[i]``).
+            start: the ``upto`` they were taken at; for ``start > 0`` the pending ReLU runs first.
+
+        Returns:
+            The outputs of :meth:`forward`.
+        """
+        if len(features) > len(self.scales):
+            raise ValueError(f"FCOSHead has {len(self.scales)} level scales but got {len(features)} levels")
+        cls_logits, bbox_reg, centerness = [], [], []
+        for level, (cls_feature, box_feature) in enumerate(features):
+            if start > 0:
+                cls_feature, box_feature = F.relu(cls_feature), F.relu(box_feature)
+            cls_feature = run_tower(self.cls_tower, cls_feature, start=start)
+            box_feature = run_tower(self.bbox_tower, box_feature, start=start)
             cls_logits.append(self.cls_logits(cls_feature))
             bbox_reg.append(F.relu(self.scales[level](self.bbox_pred(box_feature))))
             centerness.append(self.centerness(box_feature))

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
-from msadkit.modeling.heads.tower import conv_tower, init_dense_head
+from msadkit.modeling.heads.tower import conv_tower, init_dense_head, run_tower, tower_blocks
 
 __all__ = ["RetinaNetHead"]
 
@@ -70,4 +71,48 @@ class RetinaNetHead(nn.Module):
         """
         cls_logits = [self.cls_score(self.cls_subnet(x)) for x in levels]
         bbox_deltas = [self.bbox_pred(self.bbox_subnet(x)) for x in levels]
+        return {"cls_logits": cls_logits, "bbox_deltas": bbox_deltas}
+
+    # Cutting the head (CrossKD runs one head's towers to a conv and another's from there) --------
+
+    @property
+    def num_tower_convs(self) -> int:
+        """Convs per subnet."""
+        return len(tower_blocks(self.cls_subnet))
+
+    def tower_features(self, levels: list[Tensor], upto: int) -> list[tuple[Tensor, Tensor]]:
+        """Per level ``(cls, box)`` subnet features after ``upto`` convs, before the last one's ReLU.
+
+        Args:
+            levels: ``L`` maps ``(N, C, Hi, Wi)``.
+            upto: convs run, ``0 .. num_tower_convs``; 0 gives the level itself to both subnets.
+
+        Returns:
+            ``L`` pairs of ``(N, C, Hi, Wi)`` maps for :meth:`predict_from` with ``start=upto``.
+        """
+        return [
+            (
+                run_tower(self.cls_subnet, x, stop=upto, activate_last=False),
+                run_tower(self.bbox_subnet, x, stop=upto, activate_last=False),
+            )
+            for x in levels
+        ]
+
+    def predict_from(self, features: list[tuple[Tensor, Tensor]], start: int) -> dict[str, list[Tensor]]:
+        """Finish the subnets from conv ``start`` and predict; ``predict_from(tower_features(x, k), k)``
+        equals ``forward(x)`` for every ``k``.
+
+        Args:
+            features: per level ``(cls, box)`` maps as :meth:`tower_features` returns them.
+            start: the ``upto`` they were taken at; for ``start > 0`` the pending ReLU runs first.
+
+        Returns:
+            The outputs of :meth:`forward`.
+        """
+        cls_logits, bbox_deltas = [], []
+        for cls_feature, box_feature in features:
+            if start > 0:
+                cls_feature, box_feature = F.relu(cls_feature), F.relu(box_feature)
+            cls_logits.append(self.cls_score(run_tower(self.cls_subnet, cls_feature, start=start)))
+            bbox_deltas.append(self.bbox_pred(run_tower(self.bbox_subnet, box_feature, start=start)))
         return {"cls_logits": cls_logits, "bbox_deltas": bbox_deltas}

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+from torch import Tensor, nn
 
 from msadkit.modeling.norm import get_norm
 
-__all__ = ["conv_tower", "init_dense_head"]
+__all__ = ["conv_tower", "init_dense_head", "tower_blocks", "run_tower"]
 
 
 def conv_tower(channels: int, num_convs: int, norm: str, *, conv_bias: bool | None = None) -> nn.Sequential:
@@ -47,3 +47,37 @@ def init_dense_head(head: nn.Module, classifier: nn.Conv2d, prior_prob: float) -
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
     nn.init.constant_(classifier.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
+def tower_blocks(tower: nn.Sequential) -> list[list[nn.Module]]:
+    """The ``(conv, norm?, ReLU)`` blocks of a :func:`conv_tower`, one list of layers per conv."""
+    blocks: list[list[nn.Module]] = []
+    for layer in tower:
+        if isinstance(layer, nn.Conv2d):
+            blocks.append([])
+        blocks[-1].append(layer)
+    return blocks
+
+
+def run_tower(
+    tower: nn.Sequential, x: Tensor, *, start: int = 0, stop: int | None = None, activate_last: bool = True
+) -> Tensor:
+    """Blocks ``start .. stop - 1`` of a :func:`conv_tower` on ``x`` (``(N, C, H, W)``, size kept).
+
+    ``run_tower(tower, x)`` equals ``tower(x)``. With ``activate_last=False`` the output of the
+    last block run is taken before its ReLU (after its norm layer), where CrossKD cuts a head.
+
+    Raises:
+        ValueError: unless ``0 <= start <= stop <= number of convs``.
+    """
+    blocks = tower_blocks(tower)
+    stop = len(blocks) if stop is None else stop
+    if not 0 <= start <= stop <= len(blocks):
+        raise ValueError(f"run_tower: need 0 <= start <= stop <= {len(blocks)}, got start={start}, stop={stop}")
+    for index in range(start, stop):
+        layers = blocks[index]
+        if index == stop - 1 and not activate_last:
+            layers = layers[:-1]
+        for layer in layers:
+            x = layer(x)
+    return x
