@@ -40,7 +40,9 @@ __all__ = [
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """``--quick``, ``--rounds``, ``--warmup`` and ``--threads``, shared by every script."""
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds: checks that the script runs")
-    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per contender; None: the script's own number")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="timed rounds per contender; None: the script's own number"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per contender before timing")
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads; None: torch's own choice"
@@ -87,9 +89,15 @@ def environment_lines() -> list[str]:
 
 
 def _command_line() -> str:
-    """The script and its arguments, after any glibc allocator settings (they change the timings)."""
+    """The script and its arguments, after any glibc allocator settings (they change the timings).
+
+    A script run as a module (``python -m benchmarks.msad_effectiveness``) is shown that way: its
+    ``sys.argv[0]`` is the file's absolute path, a detail of the machine, not of the command.
+    """
     allocator = [f"{key}={value}" for key, value in sorted(os.environ.items()) if key.startswith("MALLOC_")]
-    return " ".join([*allocator, "python", *sys.argv])
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    program = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    return " ".join([*allocator, "python", *program, *sys.argv[1:]])
 
 
 def print_header(title: str) -> None:

@@ -12,7 +12,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from msadkit.engine.train.pretrain import PretrainSettings
+    from msadkit.engine.train.pretrain_settings import PretrainSettings
 
     d = PretrainSettings()
     p = sub.add_parser(

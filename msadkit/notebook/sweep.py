@@ -1,29 +1,35 @@
-"""A grid of notebook runs: every combination of parameter values in its own run folder."""
+"""A grid of notebook runs: every combination of parameter values in its own run folder.
+
+The runs go through the job runner (:mod:`msadkit.jobs`): each is a ``msadkit notebook run``
+subprocess with its output in ``<run folder>/notebook.log``, and its folder gets a ``job.json``.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
-import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from msadkit.errors import ConfigError, MsadkitError
+from msadkit.jobs import Backend, JobEvent, JobOutcome, ProgressCallback, log_progress, notebook_job, run_jobs
+from msadkit.notebook.results import RESULTS_NAME
 from msadkit.notebook.runner import (
-    NotebookExecutionError,
     NotebookRun,
     check_parameter_names,
     json_normalised,
+    read_run_record,
     resolve_notebook,
-    run_notebook,
 )
 from msadkit.utils.run_folder import write_json_atomic
 
 __all__ = ["SweepError", "expand_grid", "sweep_run_name", "run_sweep"]
 
-logger = logging.getLogger(__name__)
+SWEEP_SUMMARY_NAME = "sweep.json"
+# The arguments of run_notebook that `msadkit notebook run` takes on its command line.
+_COMMAND_LINE_OPTIONS = ("kernel_name", "execution_timeout")
 
 
 class SweepError(MsadkitError):
@@ -65,13 +71,17 @@ def run_sweep(
     parameters: Mapping[str, Any] | None = None,
     *,
     force: bool = False,
+    max_parallel: int = 1,
+    backend: Backend | None = None,
+    progress: ProgressCallback | None = log_progress,
+    log_output: bool = True,
     **run_kwargs: Any,
 ) -> list[NotebookRun]:
     """Execute a notebook once per grid point, each into ``out_dir/<sweep_run_name>``.
 
-    Runs go one after the other; a failing run does not stop the others, and finished runs are
-    kept (and skipped when the sweep is run again). ``out_dir/sweep.json`` lists every run with
-    its status.
+    A failing run does not stop the others, and finished runs are kept: run again, the sweep reuses
+    a finished run whose notebook and parameters are the ones asked for and executes the rest.
+    ``out_dir/sweep.json`` lists every run with its status, updated as runs end.
 
     Args:
         notebook: a notebook name or path.
@@ -79,17 +89,28 @@ def run_sweep(
         grid: parameter name -> values; the cartesian product is run.
         parameters: values shared by every run (a grid value wins over them).
         force: execute finished runs again.
-        run_kwargs: further arguments of :func:`run_notebook`.
+        max_parallel: runs executed at the same time (each in its own process and kernel).
+        backend: where the runs execute (:mod:`msadkit.jobs.backends`); None: local processes.
+        progress: called with each :class:`msadkit.jobs.JobEvent` (``[k/n] started ...``).
+        log_output: kept for callers of the in-process sweep; each run's cell output now goes to
+            its ``notebook.log``.
+        run_kwargs: ``kernel_name`` and ``execution_timeout`` of :func:`run_notebook`.
 
     Returns:
-        Every run, in grid order.
+        Every run, in grid order; ``skipped`` marks a reused finished run.
 
     Raises:
-        ConfigError: a parameter or grid key the notebook does not declare (nothing runs).
+        ConfigError: a parameter or grid key the notebook does not declare, or an unknown keyword
+            (nothing runs).
+        JobConfigMismatchError: a run folder holds a finished run with other parameters (a
+            ``ConfigError``; nothing runs).
         SweepError: one or more runs failed; the message names each failing run folder and its
             error, and the finished runs stay in place.
     """
-
+    del log_output  # the subprocess always writes its cells' output to the run's log
+    unknown = sorted(set(run_kwargs) - set(_COMMAND_LINE_OPTIONS))
+    if unknown:
+        raise ConfigError(f"run_sweep takes no {', '.join(unknown)} (the runs take {', '.join(_COMMAND_LINE_OPTIONS)})")
     out_dir = Path(out_dir).expanduser().resolve()
     combinations = expand_grid(grid)
     names = [sweep_run_name(c) for c in combinations]
@@ -97,17 +118,22 @@ def run_sweep(
         raise ConfigError(f"sweep grid values give clashing run folder names: {names}")
     source = resolve_notebook(notebook)
     check_parameter_names(source, {**(parameters or {}), **grid})
-    runs: list[NotebookRun] = []
-    for index, (combination, name) in enumerate(zip(combinations, names), start=1):
-        run_dir = out_dir / name
-        logger.info("sweep %s: run %d/%d in %s", source.stem, index, len(combinations), run_dir)
-        params = {**(parameters or {}), **combination}
-        try:
-            runs.append(run_notebook(source, run_dir, params, force=force, **run_kwargs))
-        except (NotebookExecutionError, ConfigError) as exc:
-            logger.error("sweep %s: run %s failed: %s", source.stem, run_dir, exc)
-            runs.append(NotebookRun(source, run_dir, params, "failed", error=str(exc)))
-        write_json_atomic(out_dir / "sweep.json", _sweep_summary(source, grid, runs, names))
+    jobs = [
+        notebook_job(name, source, out_dir / name, {**(parameters or {}), **combination}, force=force, **run_kwargs)
+        for combination, name in zip(combinations, names)
+    ]
+    done: dict[str, NotebookRun] = {}
+
+    def record(event: JobEvent) -> None:
+        if event.outcome is not None:
+            done[event.job.name] = _notebook_run(source, event.outcome)
+            write_json_atomic(out_dir / SWEEP_SUMMARY_NAME, _sweep_summary(source, grid, done, names))
+        if progress is not None:
+            progress(event)
+
+    outcomes = run_jobs(jobs, max_parallel=max_parallel, backend=backend, progress=record)
+    runs = [_notebook_run(source, outcome) for outcome in outcomes]
+    write_json_atomic(out_dir / SWEEP_SUMMARY_NAME, _sweep_summary(source, grid, dict(zip(names, runs)), names))
     failed = [run for run in runs if run.status != "finished"]
     if failed:
         lines = "\n".join(f"  {run.run_dir}: {run.error}" for run in failed)
@@ -119,10 +145,26 @@ def run_sweep(
     return runs
 
 
+def _notebook_run(source: Path, outcome: JobOutcome) -> NotebookRun:
+    """The runner's view of one job: the notebook's own error line when it recorded one."""
+    job = outcome.job
+    parameters = job.config["parameters"]
+    if outcome.ok:
+        try:
+            results = json.loads((job.run_dir / RESULTS_NAME).read_text())
+        except (OSError, ValueError):
+            results = {}
+        return NotebookRun(source, job.run_dir, parameters, "finished", skipped=outcome.status == "reused",
+                           duration_s=outcome.wall_s, results=results if isinstance(results, dict) else {})
+    record = read_run_record(job.run_dir) or {}
+    error = record.get("error") if record.get("status") == "failed" else None
+    error = error or f"{outcome.error} (log {job.log_path})"
+    return NotebookRun(source, job.run_dir, parameters, "failed", error=error, duration_s=outcome.wall_s)
+
+
 def _sweep_summary(
-    source: Path, grid: Mapping[str, Sequence[Any]], runs: Iterable[NotebookRun], names: list[str]
+    source: Path, grid: Mapping[str, Sequence[Any]], done: Mapping[str, NotebookRun], names: list[str]
 ) -> dict:
-    done = {run.run_dir.name: run for run in runs}
     return {
         "notebook": source.stem,
         "grid": json_normalised(grid),

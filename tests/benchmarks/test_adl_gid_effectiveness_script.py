@@ -1,4 +1,4 @@
-"""benchmarks/adl_gid_effectiveness.py: the commands it builds and the target it applies (no training)."""
+"""benchmarks/adl_gid_effectiveness.py: the jobs it plans and the target it applies (no training)."""
 
 from __future__ import annotations
 
@@ -27,22 +27,24 @@ def test_pretrained_files_and_lr_reach_the_teacher_and_every_student(script, tmp
     teacher_pt.write_bytes(b"x")
     args = script.parse_args(["--out", str(tmp_path / "runs"), "--pretrained", str(student_pt), str(teacher_pt),
                               "--lr", "0.05"])
-    teacher = script.teacher_command(args)
+    teacher = list(script.teacher_job(args).command)
     assert _value(teacher, "model.backbone.weights") == str(teacher_pt)
     assert _value(teacher, "solver.base_lr") == "0.05"
     assert teacher[4] == "gid/fcos_teacher_demo"  # the width-0.5 teacher config
     teacher_dir = tmp_path / "runs" / "teacher"
     for method in script.LABELS:
-        command = script.student_command(args, method, 1)
+        command = list(script.student_job(args, method, 1).command)
         assert _value(command, "model.backbone.weights") == str(student_pt)
         assert _value(command, "solver.base_lr") == "0.05"
         assert _value(command, "trainer.seed") == "1"
         assert _value(command, "distill.teacher") == (None if method == "baseline" else str(teacher_dir))
         expected_labels = str(teacher_dir / "pseudo_labels.json") if method == "sad" else None
         assert _value(command, "data.pseudo_labels_json") == expected_labels
-    assert script.pseudo_label_command(args)[-1] == str(teacher_dir / "pseudo_labels.json")
+    pseudo_labels = script.pseudo_label_job(args)
+    assert pseudo_labels.command[-1] == str(teacher_dir / "pseudo_labels.json")
+    assert pseudo_labels.needs == ("teacher",) and pseudo_labels.output_paths() == [teacher_dir / "pseudo_labels.json"]
     # Named files are the caller's: the sweep trains no pretraining job for them.
-    assert not [job for job in script.jobs(args) if job.name.startswith("pretrain")]
+    assert not [job for job in script.plan(args) if job.name.startswith("pretrain")]
 
 
 def test_auto_pretrained_gives_the_teacher_the_width_half_file_made_first(script, tmp_path, monkeypatch):
@@ -53,15 +55,15 @@ def test_auto_pretrained_gives_the_teacher_the_width_half_file_made_first(script
     assert args.lr == 0.03 and args.pretrained == ["auto"]
     half, quarter = cached_pretrained_path(PretrainSettings(width=0.5)), cached_pretrained_path(PretrainSettings())
     assert half != quarter and "w0.5" in half.name and "w0.25" in quarter.name
-    assert _value(script.teacher_command(args), "model.backbone.weights") == str(half)
-    assert _value(script.student_command(args, "gid", 0), "model.backbone.weights") == str(quarter)
-    assert _value(script.teacher_command(args), "solver.base_lr") == "0.03"
+    assert _value(list(script.teacher_job(args).command), "model.backbone.weights") == str(half)
+    assert _value(list(script.student_job(args, "gid", 0).command), "model.backbone.weights") == str(quarter)
+    assert _value(list(script.teacher_job(args).command), "solver.base_lr") == "0.03"
 
-    queue = script.jobs(args)
+    queue = script.plan(args)
     names = [job.name for job in queue]
     by_name = {job.name: job for job in queue}
     assert names[:3] == ["pretrain width 0.5", "pretrain width 0.25", "teacher"]
-    assert by_name["pretrain width 0.5"].command[-2:] == ["--width", "0.5"]
+    assert by_name["pretrain width 0.5"].command[-2:] == ("--width", "0.5")
     assert by_name["teacher"].needs == ("pretrain width 0.5",)
     assert set(by_name["baseline seed 0"].needs) == {"pretrain width 0.25"}
     assert set(by_name["sad seed 2"].needs) == {"pseudo-labels", "pretrain width 0.25"}
@@ -70,21 +72,24 @@ def test_auto_pretrained_gives_the_teacher_the_width_half_file_made_first(script
     assert names.index("baseline seed 2") < names.index("pseudo-labels") < names.index("adl seed 0")
 
     none = script.parse_args(["--out", str(tmp_path / "runs"), "--pretrained", "none"])
-    assert _value(script.student_command(none, "adl", 0), "model.backbone.weights") is None
-    assert not [job for job in script.jobs(none) if job.name.startswith("pretrain")]
+    assert _value(list(script.student_job(none, "adl", 0).command), "model.backbone.weights") is None
+    assert not [job for job in script.plan(none) if job.name.startswith("pretrain")]
+    # Without SAD no pseudo-labels are made.
+    no_sad = script.parse_args(["--out", str(tmp_path / "runs"), "--pretrained", "none", "--methods", "adl"])
+    assert "pseudo-labels" not in [job.name for job in script.plan(no_sad)]
 
 
 def test_tuning_seed_trains_one_seed_into_its_own_folder_beside_the_shared_teacher(script, tmp_path):
     out = tmp_path / "runs"
     args = script.parse_args(["--out", str(out), "--tuning-seed", "--pretrained", "none"])
     assert args.seeds == [100]
-    students = [job for job in script.jobs(args) if "seed" in job.name]
-    assert {job.folder.parent for job in students} == {out / "tuning"}
-    assert {job.folder.name for job in students} == {f"{m}_s100" for m in script.LABELS}
-    assert _value(script.teacher_command(args), "output_dir") == str(out / "teacher")
-    assert _value(script.student_command(args, "adl", 100), "distill.teacher") == str(out / "teacher")
+    students = [job for job in script.plan(args) if "seed" in job.name]
+    assert {job.run_dir.parent for job in students} == {out / "tuning"}
+    assert {job.run_dir.name for job in students} == {f"{m}_s100" for m in script.LABELS}
+    assert script.teacher_job(args).run_dir == out / "teacher"
+    assert _value(list(script.student_job(args, "adl", 100).command), "distill.teacher") == str(out / "teacher")
     reported = script.parse_args(["--out", str(out), "--pretrained", "none"])
-    assert {job.folder.parent for job in script.jobs(reported) if "seed" in job.name} == {out}
+    assert {job.run_dir.parent for job in script.plan(reported) if "seed" in job.name} == {out}
     with pytest.raises(SystemExit) as error:
         script.parse_args(["--out", str(out), "--tuning-seed", "2"])  # a reported seed
     assert error.value.code == 2
@@ -137,26 +142,30 @@ def test_tuning_table_is_marked_and_written_under_its_own_heading(script, tmp_pa
 
     results = tmp_path / "RESULTS.md"
     results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
-    script.replace_markdown_section(results, script.HEADING, "reported v1")
-    script.replace_markdown_section(results, script.TUNING_HEADING, table)
-    script.replace_markdown_section(results, script.HEADING, "reported v2")
+    write_results = load_benchmark_script("effectiveness").write_results
+    write_results(results, script.HEADING, "reported v1")
+    write_results(results, script.TUNING_HEADING, table)
+    write_results(results, script.HEADING, "reported v2")
     text = results.read_text()
     assert text.count(script.HEADING + "\n") == 1 and "reported v2" in text and "reported v1" not in text
     assert text.count(script.TUNING_HEADING + "\n") == 1 and "Tuning seed 100" in text and "kept" in text
 
 
 def test_a_finished_run_with_other_settings_stops_the_sweep(script, tmp_path):
+    from msadkit.jobs import JobConfigMismatchError, ReuseDecision, decide_reuse
+
     out = tmp_path / "runs"
     args = script.parse_args(["--out", str(out), "--pretrained", "none", "--methods", "baseline", "--seeds", "0"])
-    job = next(job for job in script.jobs(args) if job.name == "baseline seed 0")
-    job.folder.mkdir(parents=True)
-    (job.folder / script.COMMAND_FILE).write_text(json.dumps(script.recorded_command(job.command)))
-    script.check_reuse(job)  # same settings: reused
+    job = next(job for job in script.plan(args) if job.name == "baseline seed 0")
+    job.run_dir.mkdir(parents=True)
+    (job.run_dir / "model_final.pth").write_bytes(b"weights")
+    (job.run_dir / "eval.json").write_text('{"AP": 1.0}')
+    (job.run_dir / "job.json").write_text(json.dumps({"status": "finished", "config": job.config}))
+    assert decide_reuse(job) is ReuseDecision.REUSE  # same settings: reused
     other = script.parse_args(["--out", str(out), "--pretrained", "none", "--lr", "0.01"])
-    changed = next(job for job in script.jobs(other) if job.name == "baseline seed 0")
-    with pytest.raises(SystemExit) as error:
-        script.check_reuse(changed)
-    assert error.value.code == 2
+    changed = next(job for job in script.plan(other) if job.name == "baseline seed 0")
+    with pytest.raises(JobConfigMismatchError, match=r"solver\.base_lr is 0\.03 there, 0\.01 requested"):
+        decide_reuse(changed)
 
 
 def test_a_method_override_reaches_only_that_method_so_the_teacher_stays_reusable(script, tmp_path):
@@ -164,9 +173,9 @@ def test_a_method_override_reaches_only_that_method_so_the_teacher_stays_reusabl
     plain = script.parse_args(["--out", str(out), "--pretrained", "none"])
     weight = "distill.losses=[{type: adl, weight: 3.0}]"
     tried = script.parse_args(["--out", str(out), "--pretrained", "none", "--set", f"adl:{weight}"])
-    assert weight in script.student_command(tried, "adl", 0)
+    assert weight in script.student_job(tried, "adl", 0).command
     for method in ("baseline", "sad", "gid"):
-        assert script.student_command(tried, method, 0) == script.student_command(plain, method, 0)
-    assert script.teacher_command(tried) == script.teacher_command(plain)
+        assert script.student_job(tried, method, 0) == script.student_job(plain, method, 0)
+    assert script.teacher_job(tried) == script.teacher_job(plain)  # command and resolved config alike
     with pytest.raises(SystemExit):
         script.parse_args(["--set", "adl_w3:solver.base_lr=0.1"])  # no such method

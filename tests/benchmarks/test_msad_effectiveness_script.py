@@ -25,6 +25,10 @@ def _value(command: list[str], key: str) -> str | None:
     return found[-1] if found else None
 
 
+def _jobs(bench, args) -> dict:
+    return {job.name: job for job in bench.plan(args)}
+
+
 def test_every_run_gets_its_length_seed_lr_backbone_and_teacher(bench, tmp_path):
     weights = tmp_path / "backbone.pt"
     args = _args(bench, tmp_path / "runs", "--teacher-iters", "40", "--iters", "25", "--lr", "0.03", pretrained=weights)
@@ -34,25 +38,40 @@ def test_every_run_gets_its_length_seed_lr_backbone_and_teacher(bench, tmp_path)
                "fcos_low_matched": "msad/fcos_low_demo", "msad_teacher": "msad/msad_teacher_demo",
                "msad_student": "msad/msad_student_demo", "msad_student_no_kd": "msad/msad_student_demo"}
     assert set(bench.MODELS) == set(lengths) == set(bench.PRIORITY)
+    jobs = _jobs(bench, args)
     for method, length in lengths.items():
-        command = bench.command(args, method, 2)
+        job = jobs[f"{method} seed 2"]
+        command = list(job.command)
         assert command[3:5] == ["train", configs[method]]
         assert command[command.index("--iterations") + 1] == str(length)
-        assert _value(command, "output_dir") == str(tmp_path / "runs" / f"{method}_s2")
+        assert job.run_dir == tmp_path / "runs" / f"{method}_s2"
+        assert command[command.index("--output-dir") + 1] == str(job.run_dir)
         assert _value(command, "trainer.seed") == "2"
         assert _value(command, "solver.base_lr") == "0.03"
         assert _value(command, "model.backbone.weights") == str(weights)
+        # The config the run will train, as `msadkit train` resolves it: what the reuse rule compares.
+        assert job.config["solver"]["max_iter"] == length and job.config["trainer"]["seed"] == 2
+        assert job.config["output_dir"] == str(job.run_dir)
         teacher = _value(command, "distill.teacher")
         if method in ("msad_student", "msad_student_no_kd"):
             assert teacher == str(tmp_path / "runs" / "msad_teacher_s2")  # its own seed's teacher
+            assert job.needs == ("msad_teacher seed 2",)
         else:
-            assert teacher is None
+            assert teacher is None and job.needs == ()
         # Only the ablation changes the KD term; the student keeps its config's.
         assert (_value(command, "distill.losses") is not None) == (method == "msad_student_no_kd")
 
     scratch = _args(bench, tmp_path / "runs", pretrained=None)
-    assert _value(bench.command(scratch, "fcos_high", 0), "model.backbone.weights") is None
-    assert bench.command(scratch, "fcos_low_matched", 0)[6] == "900"  # defaults: 450 + 450
+    scratch_jobs = _jobs(bench, scratch)
+    assert _value(list(scratch_jobs["fcos_high seed 0"].command), "model.backbone.weights") is None
+    assert scratch_jobs["fcos_low_matched seed 0"].config["solver"]["max_iter"] == 900  # defaults: 450 + 450
+
+
+def test_the_teachers_go_first_and_each_student_waits_for_its_seeds_teacher(bench, tmp_path):
+    args = _args(bench, tmp_path, "--seeds", "0", "1", pretrained=None)
+    names = [job.name for job in bench.plan(args)]
+    assert names[:2] == ["msad_teacher seed 0", "msad_teacher seed 1"]
+    assert len(names) == 12 and names[-2:] == ["fcos_low seed 0", "fcos_low seed 1"]
 
 
 def test_ablation_config_equals_the_students_but_for_the_kd_weight(bench, tmp_path):
@@ -129,56 +148,53 @@ def test_targets_pair_by_seed_and_need_two_seeds_for_the_kd_spread(bench, tmp_pa
     assert "**n/a**" in kd.line()
 
 
-def test_reused_run_with_other_settings_is_refused(bench, tmp_path):
-    args = _args(bench, tmp_path, "--iters", "25", pretrained=None)
-    folder = tmp_path / "fcos_low_s0"
-    folder.mkdir()
-    config = {"solver": {"max_iter": 25, "base_lr": 0.03}, "model": {"backbone": {"weights": None}}}
-    (folder / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
-    bench.check_reused(args, "fcos_low", 0)
-    config["solver"]["max_iter"] = 300
-    (folder / "config.yaml").write_text(json.dumps(config))
-    with pytest.raises(bench.SweepError, match=r"fcos_low_s0 .*iterations 300.* asks for 25"):
-        bench.check_reused(args, "fcos_low", 0)
+def test_a_finished_run_is_reused_with_the_same_config_and_refused_with_another(bench, tmp_path):
+    from msadkit.jobs import JobConfigMismatchError, ReuseDecision, decide_reuse
+
+    job = _jobs(bench, _args(bench, tmp_path, "--iters", "25", pretrained=None))["fcos_low seed 0"]
+    job.run_dir.mkdir()
+    (job.run_dir / "model_final.pth").write_bytes(b"weights")
+    (job.run_dir / "eval.json").write_text('{"AP": 1.0}')
+    (job.run_dir / "job.json").write_text(json.dumps({"status": "finished", "config": job.config}))
+    assert decide_reuse(job) is ReuseDecision.REUSE
+    longer = _jobs(bench, _args(bench, tmp_path, "--iters", "300", pretrained=None))["fcos_low seed 0"]
+    refused_message = r"fcos_low_s0 holds a finished run .*solver\.max_iter is 25 there, 300 requested"
+    with pytest.raises(JobConfigMismatchError, match=refused_message) as refused:
+        decide_reuse(longer)
+    assert "solver.max_iter" in refused.value.keys and "solver.base_lr" not in refused.value.keys
 
 
-class _FakeRun:
-    """A run that ends on its ``polls``-th poll and then writes its eval.json, unless it is meant to fail."""
-
-    def __init__(self, folder: Path, fails: bool, polls: int) -> None:
-        self.folder, self.fails, self.polls = folder, fails, polls
-
-    def poll(self) -> int | None:
-        self.polls -= 1
-        if self.polls > 0:
-            return None
-        if self.fails:
-            return 1
-        self.folder.mkdir(parents=True, exist_ok=True)
-        (self.folder / "eval.json").write_text('{"AP": 1.0}')
-        return 0
+class _Outcome:
+    def __init__(self, job, status: str) -> None:
+        self.job, self.status, self.wall_s = job, status, 60.0
+        self.ok = status in ("finished", "reused")
 
 
-def test_sweep_starts_students_after_their_teacher_and_skips_those_of_a_failed_one(bench, tmp_path, monkeypatch):
-    # Three slots: the baselines finish while the (slower) teachers still train, so the students
-    # come up in the queue before their teachers are done.
-    args = _args(bench, tmp_path, "--seeds", "0", "1", "--jobs", "3", pretrained=None)
-    started: list[tuple[str, int]] = []
+def test_main_runs_the_plan_logs_the_invocation_and_reports_failures(bench, tmp_path, monkeypatch, capsys):
+    # The runner itself is tested in tests/jobs; here only what the script does with its outcomes.
+    import benchmarks.effectiveness as effectiveness
 
-    def fake_launch(args, method, seed):
-        if bench.MODELS[method].from_teacher:
-            assert (tmp_path / f"msad_teacher_s{seed}" / "eval.json").is_file(), (method, seed)
-        started.append((method, seed))
-        polls = 6 if method == "msad_teacher" else 1
-        return _FakeRun(tmp_path / f"{method}_s{seed}", fails=(method, seed) == ("msad_teacher", 1), polls=polls)
+    calls = []
 
-    monkeypatch.setattr(bench, "launch", fake_launch)
-    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
-    walls, failed = bench.sweep(args)
-    assert started[:2] == [("msad_teacher", 0), ("msad_teacher", 1)]  # the teachers go first
-    assert sorted(failed) == [("msad_student", 1), ("msad_student_no_kd", 1), ("msad_teacher", 1)]
-    assert len(started) == 10 and ("msad_student", 1) not in started
-    assert set(walls) == set(started)
+    def fake_run_jobs(plan, **options):
+        calls.append(options)
+        for job in plan:
+            if job.name.startswith("fcos_high"):
+                job.run_dir.mkdir(parents=True)
+                (job.run_dir / "eval.json").write_text('{"AP": 20.0, "APs": 1.0, "APm": 2.0, "APl": 3.0}')
+        return [_Outcome(job, "failed" if job.name == "msad_teacher seed 0" else "finished") for job in plan]
+
+    monkeypatch.setattr(effectiveness, "run_jobs", fake_run_jobs)
+    out, results = tmp_path / "runs", tmp_path / "RESULTS.md"
+    status = bench.main(["--out", str(out), "--seeds", "0", "--pretrained", "none", "--jobs", "3", "--threads", "2",
+                         "--results", str(results)])
+    captured = capsys.readouterr()
+    assert status == 1 and "1 job(s) failed or were skipped: msad_teacher seed 0" in captured.err
+    assert calls[0]["max_parallel"] == 3 and calls[0]["threads"] == 2
+    assert "fcos_high: 1.0 min per run (mean of 1)" in captured.out
+    assert "| FCOS high-res (256 px) |  | 1 | 20.0 | 1.0 | 2.0 | 3.0 |" in captured.out
+    assert len((out / "sweeps.jsonl").read_text().splitlines()) == 1
+    assert bench.HEADING in results.read_text()
 
 
 def test_markdown_section_is_replaced_in_place(tmp_path):

@@ -1,0 +1,1 @@
+"""The benchmark scripts; the effectiveness sweeps run as modules (``python -m benchmarks.<name>``)."""
