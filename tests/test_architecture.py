@@ -87,12 +87,65 @@ def test_no_package_file_is_longer_than_a_reader_can_follow():
     assert long_files == {}
 
 
-def test_notebook_draws_the_general_instances_training_selects():
+def test_notebook_draws_the_general_instances_training_selects(monkeypatch):
     # The same selection options, with the same defaults, feed the GID term and the drawing.
     assert set(SELECTION_OPTIONS) <= set(GID_TERM_OPTIONS)
     assert {key: GID_TERM_OPTIONS[key] for key in SELECTION_OPTIONS} == SELECTION_OPTIONS
     assert gi_options(None) == SELECTION_OPTIONS
     assert gi_options(None)["min_box_size"] == 1.0
+
+    # And the boxes drawn are those the term selects in a training step, for a student run whose
+    # gid entry changes the selection: notebook 03's calls, then the rectangles of its figure.
+    import torch
+    from matplotlib.colors import to_rgba
+    from matplotlib.patches import Rectangle
+
+    from msadkit.analysis import plots
+    from msadkit.distill.distiller import Distiller
+    from msadkit.distill.gid.instances import general_instances, instances_as_dicts
+    from msadkit.distill.registry import build_term
+    from tests.distill.test_gid_term import tiny_fcos
+
+    entry = {"type": "gid", "top_k": 4, "iou_threshold": 0.5, "min_box_size": 6.0, "fcos_centerness": True}
+    student_config = {"distill": {"losses": [{"type": "msad_feature"}, entry]}}
+    student, teacher = tiny_fcos(8, seed=0), tiny_fcos(8, seed=1)
+    torch.nn.init.constant_(teacher.head.cls_logits.bias, 0.5)  # a teacher that disagrees with the student
+    term = build_term(entry, student=student, teacher=teacher)
+    trained = []
+    select = term.select
+    monkeypatch.setattr(term, "select", lambda *args: trained.extend(select(*args)) or trained[-len(args[2]) :])
+    images, sizes = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)), [(64, 64), (56, 40)]
+    gt = [[[8.0, 8.0, 40.0, 40.0]], [[4.0, 10.0, 30.0, 50.0]]]
+    targets = [{"boxes": torch.tensor(b), "labels": torch.tensor([1])} for b in gt]
+    Distiller(student=student, teacher=teacher, losses=[term]).train()(images, sizes, targets)
+    assert len(trained) == 2 and all(0 < len(gi.boxes) <= 4 for gi in trained)
+
+    options = gi_options(student_config)
+    drawn_instances = general_instances(teacher, student, images, sizes, **options)
+    defaults = general_instances(teacher, student, images, sizes, **gi_options(None))
+    assert any(len(a.boxes) != len(b.boxes) or not torch.equal(a.boxes, b.boxes) for a, b in zip(defaults, trained))
+    pictures = [torch.rand(64, 64, 3).numpy() for _ in range(2)]
+    figure = plots.plot_general_instances_grid(
+        pictures, [instances_as_dicts(selected) for selected in drawn_instances], gt_boxes=gt, valid_sizes=sizes,
+        titles=["a", "b"],
+    )
+    colours = {to_rgba("#d62728"): True, to_rgba("#1f77b4"): False}  # teacher red, student blue
+    for ax, selected, truth in zip(figure.axes, trained, gt):
+        rectangles = [patch for patch in ax.patches if isinstance(patch, Rectangle)]
+        drawn = [
+            ([r.get_x(), r.get_y(), r.get_x() + r.get_width(), r.get_y() + r.get_height()], colours[r.get_edgecolor()])
+            for r in rectangles
+            if r.get_edgecolor() in colours
+        ]
+        dashed = [r for r in rectangles if r.get_edgecolor() == to_rgba("#2ca02c")]
+        assert [[r.get_x(), r.get_y(), r.get_x() + r.get_width(), r.get_y() + r.get_height()] for r in dashed] == truth
+        assert len(drawn) == len(selected.boxes)
+        for (box, from_teacher), expected_box, expected_flag in zip(drawn, selected.boxes, selected.from_teacher):
+            assert box == pytest.approx(expected_box.tolist(), abs=1e-3)  # pixels of a 64 px image
+            assert from_teacher == bool(expected_flag)
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
 
 
 @pytest.mark.parametrize("entry", [{"type": "gid", "min_box_size": 4.0, "top_k": 3}, {"type": "gid"}])

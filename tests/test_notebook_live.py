@@ -12,9 +12,10 @@ import lightning as L
 import pytest
 
 from msadkit.analysis.plots import plot_ap_comparison, plot_loss_curves
+from msadkit.analysis.training_curves import CurveLayout, DistillTerm, progress_line
 from msadkit.errors import ConfigError
 from msadkit.notebook.live import LiveLossCurves, TrainingStopped, read_history
-from msadkit.notebook.paths import notebook_run_folder, notebook_search_folders
+from msadkit.notebook.paths import MissingRunError, notebook_run_folder, notebook_search_folders, runs_hint
 from msadkit.notebook.training import notebook_config, run_state, train_or_reuse
 from msadkit.utils.run_folder import last_checkpoint
 
@@ -93,19 +94,79 @@ def test_history_skips_a_cut_line_and_keeps_validation_rows(tmp_path):
     assert read_history(tmp_path / "none") == []
 
 
-def test_validation_rows_add_an_ap_panel_with_their_values():
+def test_validation_rows_fill_the_ap_panel_with_their_values():
     history = [{"iter": 10, "loss": 2.0, "cls": 1.0}, {"iter": 10, "val/AP": 0.0, "val/AP50": 1.5},
                {"iter": 20, "loss": 1.0, "cls": 0.5}, {"iter": 20, "val/AP": 4.0, "val/AP50": 9.0}]
     figure = plot_loss_curves({"run": history})
     axes = figure.get_axes()
-    assert [ax.get_title() for ax in axes] == ["total loss", "loss terms", "validation AP"]
+    assert [ax.get_title() for ax in axes] == ["total loss", "detection losses", "validation AP"]
     lines = {line.get_label(): line for line in axes[2].get_lines()}
     assert list(lines["AP"].get_xdata()) == [10, 20] and list(lines["AP"].get_ydata()) == [0.0, 4.0]
     assert list(lines["AP50"].get_ydata()) == [1.5, 9.0]
     # The validation rows are not loss terms, and the total-loss line skips them.
-    assert [line.get_label() for line in axes[1].get_lines()] == ["cls"]
+    assert len(axes[1].get_lines()) == 1 and list(axes[1].get_lines()[0].get_ydata()) == [1.0, 0.5]
     assert list(axes[0].get_lines()[0].get_xdata()) == [10, 20]
-    assert len(plot_loss_curves({"run": history[::2]}).get_axes()) == 2
+    # A run's figure keeps its AP panel before the first validation (the layout does not jump).
+    layout = CurveLayout(max_iter=20)
+    assert len(plot_loss_curves({"run": history[::2]}, layout=layout).get_axes()) == 3
+
+
+def test_progress_lines_are_short_and_name_the_distillation_raw_value():
+    teacher = {"iter": 5, "loss": 6.9, **{f"{b}_loss_fcos_{t}": 0.5 for b in ("high", "low", "fused")
+                                          for t in ("cls", "loc", "ctr")}}
+    assert progress_line(teacher, 40) == "iter 5/40  loss 6.9000  high 1.500  low 1.500  fused 1.500"
+    layout = CurveLayout(max_iter=40, terms=(DistillTerm("loss_msad_feature", 1.0, 7),))
+    student = {"iter": 10, "loss": 2.5, "lr": 0.01, "time": 3.0, "loss_fcos_cls": 1.0, "loss_fcos_loc": 0.5,
+               "loss_fcos_ctr": 0.7, "loss_msad_feature": 0.3, "loss_msad_feature_raw": 0.6}
+    assert progress_line(student, 40, layout) == (
+        "iter 10/40  loss 2.5000  cls 1.000  loc 0.500  ctr 0.700  msad_feature 0.300 (raw 0.600)")
+
+
+class _Shown:
+    """Stands in for the notebook's display: records what each redraw drew."""
+
+    def __init__(self, monkeypatch, live):
+        self.draws = []
+        original = live._figure
+
+        def figure():
+            drawn = original()
+            self.draws.append([row["iter"] for row in live.history if "loss" in row])
+            return drawn
+
+        monkeypatch.setattr(live, "_figure", figure)
+        monkeypatch.setattr("msadkit.notebook.live.show_png", lambda data, dpi, handle=None: "handle")
+        monkeypatch.setattr("ipywidgets.IntProgress", lambda **kwargs: _Widget())
+        monkeypatch.setattr("ipywidgets.HTML", lambda **kwargs: _Widget())
+        monkeypatch.setattr("ipywidgets.HBox", lambda children: _Widget())
+        monkeypatch.setattr("IPython.display.display", lambda *args, **kwargs: None)
+
+
+class _Widget:
+    value = 0
+    bar_style = ""
+
+
+def test_the_live_figure_is_redrawn_after_each_validation_at_the_end_and_on_a_stop(tmp_path, monkeypatch):
+    config = notebook_config("fcos_demo", TINY + ["trainer.log_period=3", "trainer.eval_period=2"],
+                             output_dir=tmp_path / "run", iterations=4)
+    live = LiveLossCurves.for_config(config, interactive=True)
+    shown = _Shown(monkeypatch, live)
+    train_or_reuse(config, callbacks=[live], evaluate=False)
+    validations = [row["iter"] for row in read_history(tmp_path / "run") if "val/AP" in row]
+    assert validations == [2, 4]
+    # start, validation 2, log 3, validation 4 (the last point), log 4 (the end of the run), the end
+    assert len(shown.draws) >= 5 and shown.draws[-1] == [3, 4]
+    drawn_rows = [row["iter"] for row in live.history if "val/AP" in row]
+    assert drawn_rows == [2, 4]
+
+    config = notebook_config("fcos_demo", TINY + ["trainer.log_period=1"], output_dir=tmp_path / "stop", iterations=6)
+    live = LiveLossCurves.for_config(config, interactive=True)
+    shown = _Shown(monkeypatch, live)
+    with pytest.raises(TrainingStopped):
+        train_or_reuse(config, callbacks=[_AtStep(3, lambda: setattr(live, "stop_requested", True)), live])
+    # The figure left on screen holds every iteration trained before the stop.
+    assert shown.draws[-1] == [1, 2, 3]
 
 
 def test_an_ap_of_zero_is_drawn_as_zero_and_a_missing_one_as_a_dash():
@@ -113,6 +174,7 @@ def test_an_ap_of_zero_is_drawn_as_zero_and_a_missing_one_as_a_dash():
     texts = [text.get_text() for text in figure.get_axes()[0].texts]
     # AP, AP50, AP75, APs, APm, APl in order.
     assert texts == ["0.0", "12.5", "-", "-", "-", "-"]
+    assert figure.legends[0].get_title().get_text() == "1 seed"
 
 
 def _finished_run(folder):
@@ -145,3 +207,29 @@ def test_run_parameters_resolve_under_runs_root_and_errors_name_parameter_and_pa
         notebook_search_folders(None, runs_root="gone")
     with pytest.raises(ConfigError, match="search_dirs"):
         notebook_search_folders(["demo", "gone"], runs_root=None)
+
+
+def test_missing_runs_say_where_and_what_to_do_from_the_notebooks_folder(tmp_path, monkeypatch):
+    # A copy made by `msadkit notebook copy` in a folder of the user's: run the demo there.
+    copy = tmp_path / "my_notebooks"
+    copy.mkdir()
+    monkeypatch.chdir(copy)
+    with pytest.raises(MissingRunError) as missing:
+        notebook_run_folder("teacher_run", None, runs_root="../elsewhere/./runs")
+    text = str(missing.value)
+    # Normalised: no "..", no "." in the path tried.
+    assert f"no run folder at {tmp_path / 'elsewhere' / 'runs' / '01_teacher_training'} " in text
+    assert f"run `msadkit demo --out runs/demo` in {copy}" in text and "runs_root = 'runs/demo'" in text
+    # One line in a notebook, no traceback.
+    assert missing.value._render_traceback_() == [f"MissingRunError: {text}"]
+
+    # The repository's notebooks/ folder: `make demo` and ../runs/demo.
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    (repo / "msadkit").mkdir()
+    (repo / "Makefile").write_text("demo:\n")
+    assert "run `make demo` in " + str(repo) in runs_hint("teacher_run", repo / "notebooks")
+    # A finished demo next to it: point runs_root there.
+    _finished_run(repo / "runs" / "demo" / "01_teacher_training")
+    assert runs_hint("teacher_run", repo / "notebooks") == (
+        f"a finished run is at {repo / 'runs' / 'demo' / '01_teacher_training'}: set runs_root = '../runs/demo'")

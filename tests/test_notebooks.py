@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -206,22 +208,33 @@ def test_student_notebook_trains_distilled_and_baseline_students(pipeline):
     student_config = results["student_config"]
     assert student_config["distill"]["teacher"] == str(pipeline["teacher"].resolve())
     assert [loss["type"] for loss in student_config["distill"]["losses"]] == ["msad_feature"]
+    # The KD ramp follows the run length like the warm-up (50 of 300 iterations -> 0 of 3: no ramp).
+    assert student_config["distill"]["losses"][0]["ramp_iters"] == round(50 * ITERATIONS / 300)
     baseline_summary = json.loads((students / "baseline" / "summary.json").read_text())
     assert baseline_summary["role"] == "baseline" and baseline_summary["method"] == "fcos"
     assert baseline_summary["resolution"] == "low"
-    # The distilled student logged its distillation loss; the baseline did not.
+    # The step-matched baseline trains as long as teacher and student together.
+    matched_summary = json.loads((students / "baseline_matched" / "summary.json").read_text())
+    assert matched_summary["schedule"] == f"demo-{2 * ITERATIONS}it" and matched_summary["resolution"] == "low"
+    assert results["step_matched_run"] == str((students / "baseline_matched").resolve())
+    # The distilled student logged its distillation loss, weighted and raw; the baseline did not.
     student_metrics = [json.loads(line) for line in (students / "student" / "metrics.jsonl").read_text().splitlines()]
     baseline_metrics = [json.loads(line) for line in (students / "baseline" / "metrics.jsonl").read_text().splitlines()]
-    assert any("msad_feature" in key for key in student_metrics[-1])
+    assert {"loss_msad_feature", "loss_msad_feature_raw"} <= set(student_metrics[-1])
     assert not any("msad_feature" in key for key in baseline_metrics[-1])
     student_ap = json.loads((students / "student" / "eval.json").read_text())["AP"]
     baseline_ap = json.loads((students / "baseline" / "eval.json").read_text())["AP"]
     assert results["ap_gain"] == pytest.approx(student_ap - baseline_ap)
-    assert [row["role"] for row in results["table_rows"]] == ["teacher", "baseline", "student"]
+    assert [row["role"] for row in results["table_rows"]] == ["teacher", "baseline", "baseline", "student"]
+    assert [row["run"] for row in results["table_rows"]] == [
+        "01", "02/baseline", "02/baseline_matched", "02/student"]
+    assert results["seeds"] == [0]
+    assert set(results["evaluations"]) == {"teacher", "baseline (no teacher)",
+                                           f"baseline, step-matched ({2 * ITERATIONS} it)", "distilled student"}
     assert results["teacher_eval"] == pipeline["runs"]["01"].results["eval"]
     for path in figure_paths(students, results).values():
         assert_png_not_blank(path)
-    assert set(results["figures"]) == {"loss_curves", "ap_comparison"}
+    assert set(results["figures"]) == {"loss_curves", "ap_comparison", "ap_by_size"}
 
 
 def test_alignment_notebook_records_errors_weights_and_instances(pipeline):
@@ -233,7 +246,7 @@ def test_alignment_notebook_records_errors_weights_and_instances(pipeline):
     assert results["complete"] is True
     assert results["level_names"] == [f"P{i} (stride {2 ** i})" for i in range(3, 8)]
     errors = results["alignment_error"]
-    assert set(errors) == {"after distillation", "before distillation"}
+    assert list(errors) == ["student at start (teacher init)", "student after distillation", "baseline (no teacher)"]
     for values in errors.values():
         assert len(values) == 5 and all(v >= 0 and math.isfinite(v) for v in values)
 
@@ -244,7 +257,12 @@ def test_alignment_notebook_records_errors_weights_and_instances(pipeline):
     with torch.no_grad():
         fused_p3 = teacher.branch_features(batch.images)["fused"][0]
         student_p2 = student.backbone(batch.images[:, :, ::2, ::2])["p2"]
-    assert errors["after distillation"][0] == pytest.approx(float((student_p2 - fused_p3).abs().mean()), rel=1e-4)
+    assert errors["student after distillation"][0] == pytest.approx(float((student_p2 - fused_p3).abs().mean()),
+                                                                    rel=1e-4)
+    # At its starting weights the MSAD student is the teacher's own network on the 0.5x image.
+    low_p2 = teacher.branch_features(batch.images)["low"][0]
+    assert errors["student at start (teacher init)"][0] == pytest.approx(float((low_p2 - fused_p3).abs().mean()),
+                                                                         rel=1e-4)
 
     weights = np.asarray(results["fusion_weights"])
     assert weights.shape == (len(IMAGES), 5, 2)
@@ -274,24 +292,79 @@ def test_ap_table_notebook_writes_every_format(pipeline):
     assert set(files) == {"markdown", "latex", "csv"}
 
     expected = {}
-    for folder in (pipeline["teacher"], pipeline["students"] / "student", pipeline["students"] / "baseline"):
-        summary = json.loads((folder / "summary.json").read_text())
-        expected[summary["method"]] = summary
+    for folder in ("01", "02/baseline", "02/baseline_matched", "02/student"):
+        expected[folder] = json.loads((pipeline["root"] / folder / "summary.json").read_text())
     with open(files["csv"], newline="") as handle:
         csv_rows = list(csv.DictReader(handle))
-    assert sorted(row["method"] for row in csv_rows) == sorted(expected)
+    # Readable run names: each folder's path below the folders the runs share.
+    assert sorted(row["run"] for row in csv_rows) == sorted(expected)
     for row in csv_rows:
-        assert float(row["AP"]) == pytest.approx(expected[row["method"]]["eval"]["AP"])
+        assert float(row["AP"]) == pytest.approx(expected[row["run"]]["eval"]["AP"])
         assert float(row["width"]) == 0.25
-    # Paper order: teacher first, then the baseline, then the student.
-    assert [row["role"] for row in csv_rows] == ["teacher", "baseline", "student"]
+    # Paper order: teacher first, then the baselines, then the student.
+    assert [row["role"] for row in csv_rows] == ["teacher", "baseline", "baseline", "student"]
 
     markdown = files["markdown"].read_text().splitlines()
     assert markdown[0].startswith("| method | backbone | capacity | schedule | width | role | resolution | AP |")
-    assert len(markdown) == 2 + 3
+    assert len(markdown) == 2 + 4
     assert "\\begin{tabular}" in files["latex"].read_text()
-    assert len(results["rows"]) == 3
+    assert len(results["rows"]) == 4
     assert_png_not_blank(run.run_dir / results["figures"]["ap_vs_capacity"])
+
+
+# What a batch run may print: progress, tables, paths and the notebooks' own notes. Anything else
+# (a Lightning banner, a warning, an object's repr) is noise in the executed notebook.
+ALLOWED_STDOUT = [re.compile(pattern) for pattern in (
+    r"^$",
+    r"^training to iteration \d+: one line every \d+ iterations, every loss term in \S+metrics\.jsonl$",
+    r"^iter \d+/\d+  loss \S+(  [a-z_]+ -?\d+\.\d{3}( \(raw \d+\.\d{3}\))?)*$",
+    r"^iter \d+/\d+  validation AP \S+  AP50 \S+$",
+    r"^\s*AP\s+AP50\s+AP75\s+APs\s+APm\s+APl$",
+    r"^[\d.\s-]+$",
+    r"^WARNING: ",
+    r"^\S+ \((teacher|baseline|student)\): model\.arch=",
+    r"^\s*(high|low|fused) branch: AP \d",
+    r"^(results|table|teacher run|pseudo-labels|distillation losses|student|step-matched baseline): ",
+    r"^teacher: \w+, target: \w+; levels: ",
+    r"^runs: teacher |^\s+(student|baseline) ",
+    r"^\s*(student at start \(.*\)|student after distillation|baseline \(no teacher\)): (P\d \d\.\d+\s*)+$",
+    r"^batch run: figures are in ",
+    r"^\d+ runs$",
+)]
+
+
+def unexpected_outputs(executed: Path) -> list[str]:
+    """Stream text that matches no allowed line, stderr streams, and text stand-ins of displays."""
+    found = []
+    for cell in nbformat.read(executed, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                for line in output.text.splitlines():
+                    if output.name != "stdout" or not any(p.search(line) for p in ALLOWED_STDOUT):
+                        found.append(f"{output.name}: {line}")
+            elif output.output_type in ("display_data", "execute_result"):
+                plain = output.get("data", {}).get("text/plain", "")
+                if "<IPython.core" in plain or "object at 0x" in plain:
+                    found.append(f"repr: {plain}")
+    return found
+
+
+@pytest.mark.parametrize("name", ["01", "02", "03", "04"])
+def test_executed_notebooks_hold_only_progress_tables_and_figures(pipeline, name):
+    assert unexpected_outputs(pipeline["runs"][name].executed_notebook) == []
+
+
+def test_a_batch_run_writes_nothing_to_stderr(tmp_path, kernel_env):
+    code = (
+        "from msadkit.notebook.runner import run_notebook\n"
+        f"run_notebook('01_teacher_training', {str(tmp_path / 'run')!r}, "
+        f"{{'config': 'fcos_demo', 'overrides': {TINY_OVERRIDES!r}, 'iterations': 2, 'evaluate_branches': False}}, "
+        "log_output=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert unexpected_outputs(tmp_path / "run" / "01_teacher_training.ipynb") == []
 
 
 def test_adl_gid_sad_student_from_a_retinanet_teacher(retinanet_pipeline):
@@ -310,11 +383,13 @@ def test_adl_gid_sad_student_from_a_retinanet_teacher(retinanet_pipeline):
     last = json.loads(metrics[-1])
     assert any("adl" in key for key in last) and any("gid" in key for key in last)
     assert student["baseline_run"] is None and student["ap_gain"] is None
+    # An ADL student starts from its own initialisation: no step-matched baseline by default.
+    assert student["step_matched_run"] is None
     assert [row["role"] for row in student["table_rows"]] == ["teacher", "student"]
     assert_metrics_in_range(student["student_eval"])
 
     alignment = retinanet_pipeline["alignment"].results
-    assert list(alignment["alignment_error"]) == ["after distillation"]
+    assert list(alignment["alignment_error"]) == ["student at start (its initialisation)", "student after distillation"]
     assert alignment["fusion_weights"] is None  # a plain detector has no C-FF
     assert "cff_weights" not in alignment["figures"]
     assert len(alignment["general_instances"]) == 1 and alignment["general_instances"][0]
@@ -401,10 +476,15 @@ def test_failing_notebook_raises_with_run_folder_and_error(toy_notebook, tmp_pat
 
 def test_alignment_notebook_without_runs_names_the_parameter_and_path_and_writes_nothing(tmp_path, kernel_env):
     with pytest.raises(NotebookExecutionError) as caught:
-        run_notebook("03_feature_alignment", tmp_path / "03", {"runs_root": str(tmp_path / "nowhere")}, log_output=False)
+        run_notebook("03_feature_alignment", tmp_path / "03", {"runs_root": str(tmp_path / "nowhere")},
+                     log_output=False)
     message = str(caught.value)
-    assert "ConfigError: notebook parameter teacher_run=None" in message
+    assert "MissingRunError: notebook parameter teacher_run=None" in message
     assert str(tmp_path / "nowhere" / "01_teacher_training") in message
+    # The notebook shows the error as its one line, not a traceback.
+    executed = nbformat.read(tmp_path / "03" / "03_feature_alignment.ipynb", as_version=4)
+    (error,) = [out for cell in executed.cells for out in cell.get("outputs", []) if out.output_type == "error"]
+    assert len(error.traceback) == 1 and error.traceback[0].startswith("MissingRunError: notebook parameter")
     assert not (tmp_path / "03" / "results.json").exists()
 
 
@@ -450,11 +530,13 @@ def test_demo_runs_all_notebooks_and_shows_the_papers_ordering(tmp_path, capsys,
     assert "AP table:" in out and "figures:" in out
     table = tmp_path / "demo" / "04_ap_table"
     with open(table / "ap_table.csv", newline="") as handle:
-        rows = {(row["method"], row["resolution"]): row for row in csv.DictReader(handle)}
-    ap = {key: float(row["AP"]) for key, row in rows.items()}
-    teacher, student = ap.pop(("msad_teacher", "high+low")), ap.pop(("msad_student", "low"))
-    high, low = ap.pop(("fcos", "high")), ap.pop(("fcos", "low"))
+        rows = {row["run"]: row for row in csv.DictReader(handle)}
+    ap = {run: float(row["AP"]) for run, row in rows.items()}
+    teacher, student = ap.pop("01_teacher_training"), ap.pop("02_student_distillation/student")
+    high, low = ap.pop("01_high_res_baseline"), ap.pop("02_student_distillation/baseline")
+    matched = ap.pop("02_student_distillation/baseline_matched")
     assert not ap, ap
+    assert rows["02_student_distillation/baseline_matched"]["schedule"] == "demo-900it" and matched > 0
     # The converged demo (an untrained detector scores 0 here): a teacher that detects, a resolution
     # gap, and a student that recovers part of it. The teacher and the high-res baseline of the same
     # schedule are within the seed spread of each other (benchmarks/RESULTS.md), so only a teacher

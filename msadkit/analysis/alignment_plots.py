@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from msadkit.analysis.plots import _ERROR_CMAP, _FEATURE_CMAP, new_figure
+from msadkit.analysis.figure_style import FONT, finish_axes, finite, new_figure
+from msadkit.analysis.plots import _ERROR_CMAP, _FEATURE_CMAP
+from msadkit.analysis.text_layout import spread_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -37,9 +40,10 @@ def plot_feature_grid(
     """Channel-mean feature maps on the image, one row per pyramid level.
 
     Columns: the image, then one column per entry of ``feature_maps`` (e.g. teacher high-res,
-    low-res, fused, student), then the absolute alignment error. In a row all feature maps share
-    one colour scale (so teacher and student are comparable), shown by the colour bar after them;
-    the error has its own colour map and bar.
+    low-res, fused, students), then the absolute alignment error. In a row all feature maps share
+    one colour scale (so teacher and students are comparable), shown by the colour bar after them;
+    the error has its own colour map and bar. Colour bars are labelled along their side, so no
+    label meets a column title.
 
     Args:
         image: ``(H, W, 3)`` float image in ``[0, 1]`` (the whole padded batch area).
@@ -48,17 +52,14 @@ def plot_feature_grid(
         level_names: row titles (e.g. ``"P3 (stride 8)"``).
         valid_size: ``(h, w)`` of the real image inside the padding; image and maps are cropped to
             it (a map keeps the cells that overlap it).
+        error_label: title of the error column (wrapped to the column's width).
         alpha: opacity of the maps over the greyscale image.
     """
     columns = list(feature_maps)
     has_error = error_maps is not None
-    # image | features... | colour bar | gap for its tick labels | error | colour bar
-    ratios = [1.0] * (1 + len(columns)) + [0.07] + ([0.45, 1.0, 0.07] if has_error else [])
-    num_rows = len(level_names)
-    height = 2.25 * num_rows + 0.8
-    figure = new_figure(figsize=(2.3 * (1 + len(columns) + has_error) + 2.0, height), tracked=tracked)
-    grid = figure.add_gridspec(num_rows, len(ratios), width_ratios=ratios, wspace=0.08, hspace=0.12,
-                               left=0.04, right=0.94, bottom=0.02, top=1 - 0.75 / height)
+    num_rows, num_cols = len(level_names), 1 + len(columns) + int(has_error)
+    figure = new_figure(figsize=(1.45 * num_cols + 1.3, 1.45 * num_rows + 0.9), tracked=tracked)
+    axes = np.asarray(figure.subplots(num_rows, num_cols, squeeze=False))
     full_h, full_w = image.shape[:2]
     height, width = valid_size if valid_size is not None else (full_h, full_w)
     picture = image[:height, :width]
@@ -72,47 +73,38 @@ def plot_feature_grid(
         return _upsample(level_map[:rows, :cols], round(rows * full_h / level_map.shape[0]),
                          round(cols * full_w / level_map.shape[1]))[:height, :width]
 
-    def panel(row: int, col: int) -> Any:
-        ax = figure.add_subplot(grid[row, col])
+    def colour_bar(mappable: Any, ax: Any, label: str) -> None:
+        bar = figure.colorbar(mappable, ax=ax, fraction=0.08, pad=0.03, aspect=12)
+        bar.ax.tick_params(labelsize=FONT["tick"] - 1)
+        bar.set_label(label, fontsize=FONT["tick"] - 1)
+
+    for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-        return ax
-
     for row, level in enumerate(level_names):
         maps = [crop(feature_maps[c][row]) for c in columns]
         low = min(float(m.min()) for m in maps) if maps else 0.0
         high = max(float(m.max()) for m in maps) if maps else 1.0
         high = high if high > low else low + 1e-6
-        ax = panel(row, 0)
-        ax.imshow(picture)
-        ax.set_ylabel(level, fontsize=9)
-        if row == 0:
-            ax.set_title("image", fontsize=9)
+        axes[row, 0].imshow(picture)
+        axes[row, 0].set_ylabel(level, fontsize=FONT["label"])
         mappable = None
-        for col, (name, level_map) in enumerate(zip(columns, maps), start=1):
-            ax = panel(row, col)
-            ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
-            mappable = ax.imshow(level_map, cmap=_FEATURE_CMAP, vmin=low, vmax=high, alpha=alpha)
-            if row == 0:
-                ax.set_title(name, fontsize=9)
+        for col, level_map in enumerate(maps, start=1):
+            axes[row, col].imshow(grey, cmap="gray", vmin=0, vmax=1)
+            mappable = axes[row, col].imshow(level_map, cmap=_FEATURE_CMAP, vmin=low, vmax=high, alpha=alpha)
         if mappable is not None:
-            bar = figure.colorbar(mappable, cax=figure.add_subplot(grid[row, 1 + len(columns)]))
-            bar.ax.tick_params(labelsize=7)
-            if row == 0:
-                bar.ax.set_title("channel\nmean", fontsize=7)
+            colour_bar(mappable, list(axes[row, 1:1 + len(columns)]), "channel mean")
         if has_error:
-            ax = panel(row, len(ratios) - 2)
+            ax = axes[row, -1]
             ax.imshow(grey, cmap="gray", vmin=0, vmax=1)
             error = crop(error_maps[row])
             mappable = ax.imshow(error, cmap=_ERROR_CMAP, vmin=0, vmax=max(float(error.max()), 1e-6), alpha=alpha)
-            if row == 0:
-                ax.set_title(error_label, fontsize=9)
-            bar = figure.colorbar(mappable, cax=figure.add_subplot(grid[row, len(ratios) - 1]))
-            bar.ax.tick_params(labelsize=7)
-            if row == 0:
-                bar.ax.set_title("channel\nmean", fontsize=7)
+            colour_bar(mappable, ax, "error")
+    titles = ["image"] + columns + ([error_label] if has_error else [])
+    for ax, name in zip(axes[0], titles):
+        ax.set_title(textwrap.fill(name, 18), fontsize=FONT["label"])
     if title:
-        figure.suptitle(title, y=1 - 0.15 / height)
+        figure.suptitle(title, fontsize=FONT["title"])
     return figure
 
 
@@ -130,24 +122,28 @@ def plot_level_errors(
     Args:
         errors: label -> one value per level (NaN -> no bar).
     """
-    figure = new_figure(figsize=(8, 4), tracked=tracked)
+    figure = new_figure(figsize=(6.0, 3.4), tracked=tracked)
     ax = figure.subplots()
     labels = list(errors)
     width = 0.8 / max(1, len(labels))
     x = np.arange(len(level_names))
+    texts = []
     for index, label in enumerate(labels):
         values = np.asarray(errors[label], dtype=np.float64)
-        bars = ax.bar(x + (index - (len(labels) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width, label=label)
+        bars = ax.bar(x + (index - (len(labels) - 1) / 2) * width, np.nan_to_num(values, nan=0.0), width * 0.92,
+                      label=label, color=f"C{index % 10}")
         for bar, value in zip(bars, values):
             text = "-" if math.isnan(value) else f"{value:.3g}"
-            ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom",
-                        fontsize=7, xytext=(0, 2), textcoords="offset points")
+            texts.append(ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center",
+                                     va="bottom", fontsize=FONT["annotation"] - 1, xytext=(0, 2),
+                                     textcoords="offset points"))
     ax.set_xticks(x, level_names)
-    ax.set(xlabel="pyramid level (the teacher's names; strides in input pixels)", ylabel=ylabel, title=title)
-    ax.set_ylim(0, max(1e-6, ax.get_ylim()[1] * 1.12))
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    figure.tight_layout()
+    finish_axes(ax, title=title, ylabel=ylabel, grid="y",
+                xlabel="pyramid level (the teacher's names; strides in input pixels)")
+    highest = max((float(v) for values in errors.values() for v in values if finite(v)), default=0.0)
+    ax.set_ylim(0, max(1e-6, highest * 1.2))
+    figure.legend(fontsize=FONT["legend"], loc="outside right upper")
+    spread_labels(texts)
     return figure
 
 
@@ -171,29 +167,32 @@ def plot_fusion_weights(
     weights = np.asarray(weights, dtype=np.float64)
     num_images, num_levels = weights.shape[:2]
     image_labels = list(image_labels or [f"image {i}" for i in range(num_images)])
-    figure = new_figure(figsize=(12, 1.0 + 0.55 * max(num_images, 4)), tracked=tracked)
-    heat_ax, bar_ax = figure.subplots(1, 2, gridspec_kw={"width_ratios": [1.3, 1]})
+    figure = new_figure(figsize=(7.5, 1.4 + 0.32 * max(num_images, 4)), tracked=tracked)
+    heat_ax, bar_ax = figure.subplots(1, 2, width_ratios=[1.3, 1])
     heat = heat_ax.imshow(weights[..., 0], cmap="coolwarm", vmin=0, vmax=1, aspect="auto")
     for i in range(num_images):
         for j in range(num_levels):
             value = weights[i, j, 0]
-            heat_ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+            heat_ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=FONT["annotation"],
                          color="white" if abs(value - 0.5) > 0.3 else "black")
     heat_ax.set_xticks(range(num_levels), level_names)
     heat_ax.set_yticks(range(num_images), image_labels)
-    heat_ax.set(title="high-res weight a_H per image (a_L = 1 - a_H)", xlabel="level")
-    bar = figure.colorbar(heat, ax=heat_ax, fraction=0.046, pad=0.02)
-    bar.set_label("a_H (1 = only high-res)")
+    finish_axes(heat_ax, title="high-res weight a_H (a_L = 1 - a_H)", xlabel="level", grid="")
+    bar = figure.colorbar(heat, ax=heat_ax, fraction=0.05, pad=0.02)
+    bar.set_label("a_H (1 = only high-res)", fontsize=FONT["tick"])
+    bar.ax.tick_params(labelsize=FONT["tick"])
     mean = weights.mean(axis=0)
     x = np.arange(num_levels)
     bar_ax.bar(x, mean[:, 0], color="#b40426", label="a_H (high-res)")
     bar_ax.bar(x, mean[:, 1], bottom=mean[:, 0], color="#3b4cc0", label="a_L (low-res)")
     for j in range(num_levels):
-        bar_ax.text(j, mean[j, 0] / 2, f"{mean[j, 0]:.2f}", ha="center", va="center", color="white", fontsize=8)
+        bar_ax.text(j, mean[j, 0] / 2, f"{mean[j, 0]:.2f}", ha="center", va="center", color="white",
+                    fontsize=FONT["annotation"])
     bar_ax.axhline(0.5, color="black", lw=0.8, ls="--")
     bar_ax.set_xticks(x, level_names)
-    bar_ax.set(ylim=(0, 1), title=f"mean over {num_images} images", xlabel="level", ylabel="weight")
-    bar_ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, frameon=False)
-    figure.suptitle(title)
-    figure.tight_layout()
+    bar_ax.set_ylim(0, 1)
+    finish_axes(bar_ax, title=f"mean over {num_images} images", xlabel="level", ylabel="weight", grid="y")
+    bar_ax.legend(fontsize=FONT["legend"], loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0,
+                  frameon=False)
+    figure.suptitle(title, fontsize=FONT["title"])
     return figure

@@ -51,6 +51,7 @@ __all__ = [
     "PAPER_COLUMNS",
     "collect_runs",
     "read_run",
+    "run_names",
     "format_cell",
     "table_to_markdown",
     "table_to_latex",
@@ -108,7 +109,8 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], *, compute_capacity: boo
         compute_capacity: fill a missing capacity from backbone, width and resolution.
 
     Returns:
-        One dict per run with every key of :data:`TABLE_COLUMNS` (``"run"`` is the folder name)
+        One dict per run with every key of :data:`TABLE_COLUMNS` (``"run"`` is its readable name,
+        :func:`run_names`)
         plus ``"branch"`` (the evaluated teacher branch or ``None``). AP values are floats (NaN
         when absent); the other columns are ``None`` when unknown.
 
@@ -116,7 +118,25 @@ def collect_runs(run_dirs: Iterable[str | os.PathLike], *, compute_capacity: boo
         MsadkitError: a folder or a needed file is missing, or a file does not parse or has values
             of the wrong type; the message names the folder or file.
     """
-    return [read_run(run_dir, compute_capacity=compute_capacity) for run_dir in run_dirs]
+    run_dirs = list(run_dirs)
+    rows = [read_run(run_dir, compute_capacity=compute_capacity) for run_dir in run_dirs]
+    for row, name in zip(rows, run_names(run_dirs)):
+        row["run"] = name
+    return rows
+
+
+def run_names(run_dirs: Sequence[str | os.PathLike]) -> list[str]:
+    """Readable names of run folders: each one's path below the folder they all share
+    (``01_teacher_training``, ``02_student_distillation/student``), so two runs called ``student``
+    in different experiments stay apart; a lone folder is its own name."""
+    paths = [Path(os.path.normpath(Path(d).expanduser().absolute())) for d in run_dirs]
+    if len(paths) < 2:
+        return [path.name for path in paths]
+    try:
+        common = Path(os.path.commonpath(paths))
+    except ValueError:  # folders on different drives share nothing
+        return [path.name for path in paths]
+    return [path.relative_to(common).as_posix() if path != common else path.name for path in paths]
 
 
 def read_run(run_dir: str | os.PathLike, *, compute_capacity: bool = True) -> dict:

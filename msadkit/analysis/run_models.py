@@ -17,7 +17,7 @@ from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.utils.run_folder import read_run_config
 from msadkit.utils.device import resolve_device
 
-__all__ = ["load_image_batch", "count_images", "display_images", "evaluate_msad_branches"]
+__all__ = ["load_image_batch", "count_images", "display_images", "evaluate_msad_branches", "load_starting_student"]
 
 
 def load_image_batch(
@@ -85,3 +85,37 @@ def evaluate_msad_branches(
         msad = {**config["model"]["msad"], "eval_branch": branch}
         results[branch] = evaluate_run(run_dir, overrides={"model": {"msad": msad}}, device=device, write=False)
     return results
+
+
+def load_starting_student(
+    student_run: str | os.PathLike,
+    *,
+    teacher: torch.nn.Module,
+    teacher_config: dict[str, Any],
+    device: str = "cpu",
+) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """The student of a distillation run as it was before its first iteration.
+
+    Built from the run's config with the run's seed, from the backbone checkpoint it names; with
+    ``distill.init_student_from_teacher`` (MSAD) its backbone, FPN and head are then copied from
+    ``teacher``, as the run did.
+
+    Returns:
+        ``(model, config, how)`` with the model in eval mode on ``device`` and ``how`` saying where
+        its weights came from (``"teacher init"`` or ``"its initialisation"``).
+
+    Raises:
+        MsadkitError: the config's backbone checkpoint is gone, or the teacher does not fit.
+    """
+    from msadkit.distill.build import init_student_from_teacher
+    from msadkit.modeling.registry import build_model
+
+    config = read_run_config(student_run)
+    # The seed the run started from: the same random initialisation of what the teacher does not set.
+    torch.manual_seed(int(config["trainer"]["seed"]))
+    model = build_model(config)
+    how = "its initialisation"
+    if config["distill"].get("init_student_from_teacher"):
+        init_student_from_teacher(model, teacher, student_config=config, teacher_config=teacher_config)
+        how = "teacher init"
+    return model.to(resolve_device(device, argument="device")).eval(), config, how

@@ -4,10 +4,13 @@ MSAD end to end, as the paper sets it up: every detector starts from a pretraine
 (here the one ``msadkit pretrain`` trains on synthetic training crops, cached after the first
 demo), then the multi-scale teacher and the high-resolution FCOS baseline train (01), the
 low-resolution student distilled from the teacher and the same student trained without a teacher
-(02), 450 iterations each; their feature alignment is drawn (03) and the AP table written (04).
+(02), 450 iterations each, plus that baseline trained step-matched for teacher and student together
+(900 iterations: the student starts from the teacher's weights); their feature alignment is drawn
+(03) and the AP table written (04).
 About 8 minutes on an idle 2-core machine (benchmarks/RESULTS.md, "End-to-end CPU demo").
-``--iterations N`` shortens every training run with the rule of ``msadkit train --iterations``, for a
-quick look at the pipeline; ``--from-scratch`` skips the pretrained backbone. Set
+``--iterations N`` shortens every training run with the rule of ``msadkit train --iterations`` (every
+count of iterations of the configs follows, the KD ramp included), for a quick look at the pipeline;
+``--from-scratch`` skips the pretrained backbone. Set
 ``OMP_NUM_THREADS=1`` on a machine whose cores are shared with other work: PyTorch's CPU threads
 slow down many times over when they wait for busy cores.
 """

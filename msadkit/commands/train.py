@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import shlex
+import sys
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,18 +27,40 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
 
 
+def resume_command(args: argparse.Namespace, run_dir: str) -> str:
+    """The ``msadkit train ... --resume`` command line that continues the run of ``args`` in ``run_dir``."""
+    command = ["msadkit", "train", args.config]
+    # --output-dir names the folder; an output_dir= override would say it twice.
+    command += [item for item in args.overrides if not item.startswith("output_dir=")]
+    if args.iterations is not None:
+        command += ["--iterations", str(args.iterations)]
+    command += ["--output-dir", str(run_dir)]
+    if args.no_eval:
+        command.append("--no-eval")
+    command.append("--resume")
+    return shlex.join(command)
+
+
 def run(args: argparse.Namespace) -> int:
     from msadkit.config import load_config
-    from msadkit.config.run_length import scaled_solver
+    from msadkit.config.run_length import run_length_overrides
+    from msadkit.engine.train.graceful_stop import TrainingInterrupted
     from msadkit.engine.train.trainer import train
 
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
     if args.iterations is not None:
-        solver = scaled_solver(load_config(args.config, overrides)["solver"], args.iterations, argument="--iterations")
-        overrides += [f"solver.{key}={value}" for key, value in solver.items()]
+        # Every count of iterations (warm-up, LR steps, KD ramps, periods) follows the new length.
+        overrides += run_length_overrides(load_config(args.config, overrides), args.iterations, argument="--iterations")
     config = load_config(args.config, overrides)
-    run_dir = train(config, resume=args.resume, evaluate=not args.no_eval)
+    try:
+        run_dir = train(config, resume=args.resume, evaluate=not args.no_eval)
+    except TrainingInterrupted as stop:
+        # Every DDP process stops; the first one says how to go on.
+        if stop.is_global_zero:
+            print(f"msadkit train: {stop}; resume with: {resume_command(args, config['output_dir'])}", file=sys.stderr)
+        # 128 + the signal, what a shell reports for a process that signal ended (143, 130).
+        return stop.exit_status
     print(f"run folder: {run_dir}")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from msadkit.config.sections import dotted_value
 from msadkit.errors import ConfigError
 
 __all__ = ["POSITIVE_COUNTS", "NON_NEGATIVE_COUNTS", "check_counts"]
@@ -46,15 +47,6 @@ NON_NEGATIVE_COUNTS = (
 )
 
 
-def _get(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def check_counts(config: dict[str, Any], source: str = "the config") -> None:
     """Raise :class:`ConfigError` (one line naming the key) for an impossible count or schedule.
 
@@ -63,16 +55,16 @@ def check_counts(config: dict[str, Any], source: str = "the config") -> None:
         source: where it came from, for the message (a file name, "the overrides").
     """
     for dotted, lowest in [(key, 1) for key in POSITIVE_COUNTS] + [(key, 0) for key in NON_NEGATIVE_COUNTS]:
-        value = _get(config, dotted)
+        value = dotted_value(config, dotted)
         if isinstance(value, int) and not isinstance(value, bool) and value < lowest:
             meaning = "" if lowest else " (0 turns it off)"
             raise ConfigError(f"{dotted} must be >= {lowest}{meaning}, got {value} in {source}")
-    sides = _get(config, "data.train_short_sides")
+    sides = dotted_value(config, "data.train_short_sides")
     if isinstance(sides, list) and (not sides or any(side < 1 for side in sides)):
         raise ConfigError(f"data.train_short_sides must be a non-empty list of sizes >= 1, got {sides} in {source}")
     # Steps past solver.max_iter stay allowed: they are how a run says "no decay before the end"
     # (a config's max_iter shortened by an override keeps its file's steps).
-    steps = _get(config, "solver.steps")
+    steps = dotted_value(config, "solver.steps")
     if not isinstance(steps, list):
         return
     if any(step < 1 for step in steps) or any(b < a for a, b in zip(steps, steps[1:])):

@@ -128,6 +128,11 @@ DEFAULTS: dict[str, Any] = {
         # A pseudo-label file without a single box (a weak teacher, a high score threshold) stops
         # the run; true trains on it anyway (its batches are then background only).
         "pseudo_labels_allow_empty": False,
+        # Decode every image of the training and validation sets once before training starts, and
+        # stop with every problem found (missing, truncated or undecodable files, json sizes that
+        # differ from the displayed image, boxes outside it), not hours later in a loader worker.
+        # Off by default: it reads the whole dataset once (`msadkit data check` does it by hand).
+        "check_images": False,
     },
     "solver": {
         # Images per process.

@@ -1,17 +1,69 @@
 """Shortening or lengthening a run: one rule for ``msadkit train --iterations`` and the notebooks.
 
-Setting ``solver.max_iter`` alone keeps the warm-up and the decay steps of the full schedule, so a
-10-iteration run of a demo config (warm-up 50) would never leave its warm-up. A run length given
-as ``iterations`` scales the three together, so the learning-rate curve keeps its shape.
+Setting ``solver.max_iter`` alone keeps every other count of iterations of the full schedule, so a
+40-iteration run of a demo config (warm-up 50, KD ramp 50) would never leave its warm-up nor reach
+full distillation weight. A run length given as ``iterations`` scales every count of iterations in
+the config by ``iterations / solver.max_iter``, so the schedule keeps its shape:
+
+* the schedule (:data:`SCHEDULE_KEYS`: warm-up, learning-rate steps) and every distillation term's
+  iteration-valued option (:data:`TERM_ITERATION_OPTIONS`: the KD ramp) always;
+* the periods (:data:`PERIOD_KEYS`: logging, checkpoints, validation, the parameter check) only
+  where they fit the config's run but not the new one: a 40-iteration run keeps logging every 10
+  iterations, but a validation every 50 becomes one every 7 instead of none at all.
+
+Keys whose names read like counts of iterations but are not points of the schedule are listed in
+:data:`NOT_SCALED`, with the reason; a test checks that every such name in the defaults and in the
+registered terms' options is in one of these lists.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any, Mapping
 
 from msadkit.errors import ConfigError
 
-__all__ = ["scaled_solver", "schedule_label"]
+__all__ = [
+    "LENGTH_KEY",
+    "SCHEDULE_KEYS",
+    "PERIOD_KEYS",
+    "TERM_ITERATION_OPTIONS",
+    "NOT_SCALED",
+    "ITERATION_NAME",
+    "scaled_solver",
+    "scaled_run_length",
+    "run_length_overrides",
+    "schedule_label",
+]
+
+LENGTH_KEY = "solver.max_iter"
+# Points of the schedule: scaled with the run, rounded, never below 1 (steps) or 0 (warm-up).
+SCHEDULE_KEYS = ("solver.steps", "solver.warmup_iters")
+# Periods: scaled only where they fit the config's run and not the new one (0 stays off).
+PERIOD_KEYS = (
+    "trainer.log_period",
+    "trainer.checkpoint_period",
+    "trainer.eval_period",
+    "trainer.divergence.param_check_period",
+)
+# Options of a distill.losses entry that count iterations (any term type): scaled like the warm-up.
+TERM_ITERATION_OPTIONS = ("ramp_iters",)
+# Names that look like counts of iterations but do not move with the run length, and why.
+NOT_SCALED = {
+    "trainer.divergence.reference_iters": "a sample size (the first losses whose median is the reference), "
+    "not a point of the schedule",
+}
+# A key (or term option) whose name says it counts iterations.
+ITERATION_NAME = re.compile(r"(^|_)(iters?|period|steps?)$")
+
+
+def _check_iterations(iterations: Any, argument: str) -> int:
+    if isinstance(iterations, bool) or not isinstance(iterations, int):
+        raise ConfigError(f"{argument} must be a whole number of iterations, got {iterations!r}")
+    if iterations < 1:
+        raise ConfigError(f"{argument} must be >= 1, got {iterations}")
+    return iterations
 
 
 def scaled_solver(solver: Mapping[str, Any], iterations: int, *, argument: str = "iterations") -> dict[str, Any]:
@@ -29,16 +81,119 @@ def scaled_solver(solver: Mapping[str, Any], iterations: int, *, argument: str =
     Raises:
         ConfigError: ``iterations`` is not a positive integer.
     """
-    if isinstance(iterations, bool) or not isinstance(iterations, int):
-        raise ConfigError(f"{argument} must be a whole number of iterations, got {iterations!r}")
-    if iterations < 1:
-        raise ConfigError(f"{argument} must be >= 1, got {iterations}")
+    iterations = _check_iterations(iterations, argument)
     scale = iterations / max(1, int(solver["max_iter"]))
     return {
         "max_iter": iterations,
         "steps": [max(1, round(step * scale)) for step in solver["steps"]],
-        "warmup_iters": max(0, round(solver["warmup_iters"] * scale)),
+        "warmup_iters": _scaled_count(solver["warmup_iters"], scale),
     }
+
+
+def _scaled_count(value: int, scale: float) -> int:
+    """A count of iterations where 0 means "none" (warm-up, ramp), scaled and rounded."""
+    return max(0, round(int(value) * scale))
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _scaled_period(period: int, length: int, iterations: int) -> int:
+    """A period that fits the config's run (``period <= length``) but not the new one is scaled
+    like the schedule (at least 1, at most the new run); every other period is kept: 0 stays
+    off, and a period past the config's own run keeps meaning "not during the run"."""
+    if period <= 0 or period <= iterations or period > length:
+        return period
+    return min(iterations, max(1, round(period * iterations / length)))
+
+
+def _scaled_losses(losses: list[Any], scale: float) -> list[Any]:
+    """``distill.losses`` with every iteration-valued option scaled; an option an entry leaves at
+    its term's default gets the scaled default written in (terms register their defaults in
+    :data:`msadkit.config.sections.LIST_ITEM_OPTIONS` when the distillation package is imported)."""
+    from msadkit.config.sections import LIST_ITEM_OPTIONS
+
+    registered = LIST_ITEM_OPTIONS.get("distill.losses", {})
+    scaled = []
+    for entry in losses:
+        if not isinstance(entry, dict):
+            scaled.append(entry)
+            continue
+        entry = copy.deepcopy(entry)
+        defaults = registered.get(str(entry.get("type")), {})
+        for option in TERM_ITERATION_OPTIONS:
+            value = entry.get(option, defaults.get(option))
+            if isinstance(value, int) and not isinstance(value, bool):
+                entry[option] = _scaled_count(value, scale)
+        scaled.append(entry)
+    return scaled
+
+
+def scaled_run_length(config: Mapping[str, Any], iterations: int, *, argument: str = "iterations") -> dict[str, Any]:
+    """Every count of iterations of ``config`` for a run of ``iterations``, as nested values.
+
+    The solver as :func:`scaled_solver`; each period of :data:`PERIOD_KEYS` that fits the config's
+    run but not the new one scaled the same way (at least 1, at most the new run); every option of
+    :data:`TERM_ITERATION_OPTIONS` of each ``distill.losses`` entry scaled like the warm-up. For
+    example the demo student (max_iter 300, warm-up 50, ramp 50, log every 10) at 40 iterations
+    gets warm-up 7, ramp 7 and still logs every 10.
+
+    Args:
+        config: a resolved config (after the caller's other overrides).
+        iterations: the new training length.
+        argument: how the caller names ``iterations`` in an error (``--iterations``).
+
+    Returns:
+        ``{"solver": {...}, "trainer": {...}, "distill": {"losses": [...]}}``; ``trainer`` holds only
+        the periods that change, ``distill`` is absent without distillation losses.
+
+    Raises:
+        ConfigError: ``iterations`` is not a positive integer.
+    """
+    iterations = _check_iterations(iterations, argument)
+    length = max(1, int(_get(config, LENGTH_KEY)))
+    settings: dict[str, Any] = {"solver": scaled_solver(config["solver"], iterations, argument=argument)}
+    periods: dict[str, Any] = {}
+    for dotted in PERIOD_KEYS:
+        period = int(_get(config, dotted))
+        new = _scaled_period(period, length, iterations)
+        if new != period:
+            node = periods
+            parts = dotted.split(".")[1:]
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = new
+    if periods:
+        settings["trainer"] = periods
+    losses = config.get("distill", {}).get("losses") or []
+    if losses:
+        settings["distill"] = {"losses": _scaled_losses(list(losses), iterations / length)}
+    return settings
+
+
+def run_length_overrides(config: Mapping[str, Any], iterations: int, *, argument: str = "iterations") -> list[str]:
+    """:func:`scaled_run_length` as ``key=value`` override strings (YAML flow values), to load the
+    config again with: ``load_config(name, overrides + run_length_overrides(config, n))``."""
+    import yaml
+
+    def flatten(values: Mapping[str, Any], prefix: str) -> list[str]:
+        texts = []
+        for key, value in values.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(value, dict) and dotted != "distill.losses":
+                texts += flatten(value, f"{dotted}.")
+                continue
+            inline = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1).strip()
+            if inline.endswith("..."):  # yaml ends a bare scalar document with an explicit end marker
+                inline = inline[: -len("...")].strip()
+            texts.append(f"{dotted}={inline}")
+        return texts
+
+    return flatten(scaled_run_length(config, iterations, argument=argument), "")
 
 
 def schedule_label(label: str, max_iter: int) -> str:

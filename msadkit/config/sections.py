@@ -29,6 +29,7 @@ __all__ = [
     "check_list_item",
     "type_name",
     "value_fits",
+    "dotted_value",
 ]
 
 # Digits with single underscores between them, as Python and YAML 1.1 write ``1_000``.
@@ -182,3 +183,13 @@ def check_list_item(list_key: str, item: Any, where: str) -> None:
             raise ConfigError(
                 f"{where} entry of type {item['type']!r}: option {key!r} must be {type_name(options[key])}, got {value!r}"
             )
+
+
+def dotted_value(config: Mapping[str, Any], dotted: str) -> Any:
+    """``config["a"]["b"]["c"]`` for ``"a.b.c"``; None where a part is missing (an older run's config)."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node

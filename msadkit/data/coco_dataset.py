@@ -5,19 +5,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from msadkit.data.images import decode_rgb
+from msadkit.data.images import read_image
 from msadkit.errors import DatasetError
 
-__all__ = ["CocoDetectionDataset", "SampleError", "Transform"]
+__all__ = ["CocoDetectionDataset", "SampleError", "Transform", "size_mismatch"]
 
 Transform = Callable[[Tensor, dict[str, Any]], tuple[Tensor, dict[str, Any]]]
 
@@ -45,6 +42,36 @@ def _is_number(value: Any) -> bool:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def size_mismatch(
+    displayed: tuple[int, int], stored: tuple[int, int], orientation: int, json_size: tuple[Any, Any]
+) -> str | None:
+    """What is wrong with an annotation's ``(height, width)``, or None if it fits the image.
+
+    Sizes are compared in the displayed frame (EXIF orientation applied), where boxes are. A json
+    written from the stored pixels of a rotated photo has width and height swapped; the message
+    says so, because the boxes of such a json are in the stored frame too.
+
+    Args:
+        displayed: ``(width, height)`` of the decoded image, as displayed.
+        stored: ``(width, height)`` of its pixels as stored in the file.
+        orientation: the EXIF orientation that turned ``stored`` into ``displayed``.
+        json_size: the annotation's ``(height, width)``; None entries are not checked.
+    """
+    width, height = displayed
+    json_h, json_w = json_size
+    if (json_h is None or json_h == height) and (json_w is None or json_w == width):
+        return None
+    text = f"is {height}x{width} (h x w) as displayed but the annotation says {json_h}x{json_w}"
+    stored_w, stored_h = stored
+    if orientation != 1 and (stored_h, stored_w) != (height, width):
+        if (json_h, json_w) == (stored_h, stored_w):
+            reason = "the annotation has the stored size, so its boxes are likely in the unrotated frame"
+        else:
+            reason = "annotations are in the displayed frame"
+        text += f" (its EXIF orientation {orientation} turns the stored {stored_h}x{stored_w} pixels; {reason})"
+    return text
 
 
 class CocoDetectionDataset(torch.utils.data.Dataset):
@@ -188,16 +215,14 @@ class CocoDetectionDataset(torch.utils.data.Dataset):
     def load_image(self, index: int) -> Tensor:
         """Decode image ``index`` as uint8 RGB ``(3, H, W)``."""
         record = self._images[index]
-        path = record["path"]
-        pixels = decode_rgb(path)
-        height, width = pixels.shape[-2:]
-        json_h, json_w = record["size"]
-        if (json_h is not None and json_h != height) or (json_w is not None and json_w != width):
+        decoded = read_image(record["path"])
+        problem = size_mismatch(decoded.size, decoded.stored_size, decoded.orientation, record["size"])
+        if problem:
             raise DatasetError(
-                f"image file {path} is {height}x{width} (h x w) but annotation file {self.coco_json_path} "
-                f"says {json_h}x{json_w} for image id {record['id']}"
+                f"image file {record['path']} {problem} for image id {record['id']} "
+                f"in annotation file {self.coco_json_path}"
             )
-        return pixels
+        return decoded.pixels
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Any]]:
         """Image ``(3, H, W)`` uint8 RGB and its target.

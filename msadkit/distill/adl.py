@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.layout import check_same_layout, check_same_prediction_shape
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
@@ -260,13 +260,7 @@ class AdaptiveDistillationTerm(DistillationLoss):
             normalizer=self.normalizer,
         )
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"cls": loss}`` (unweighted) for one batch.
 
         Student logits ``(N, R, K)`` and teacher logits ``(N, R, K)`` come from each model's

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
 from msadkit.distill.crosskd_losses import BOX_LOSSES, align_statistics, aligned_box_loss, kd_quality_focal_loss
-from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.layout import check_same_layout, check_same_prediction_shape, dense_detector_of, feature_channels
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
@@ -207,13 +207,7 @@ class CrossKDLoss(DistillationLoss):
         boxes = [target["boxes"].reshape(-1, 4) for target in targets]
         return model.assignment_mask(student.predictions, boxes).sum().to(dtype).clamp(min=1.0)
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"cls", "reg"}``, each times its weight.
 
         Args:

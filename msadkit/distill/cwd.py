@@ -24,8 +24,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
-from msadkit.distill.feature_pairs import as_loss_dtype, check_channels, check_level_counts, paired_levels
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
+from msadkit.distill.feature_pairs import (
+    as_loss_dtype,
+    check_level_counts,
+    sum_over_adapted_pairs,
+)
 from msadkit.distill.layout import dense_detector_of, feature_channels
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
@@ -84,17 +88,10 @@ def cwd_loss(
     Raises:
         InputError: the maps cannot be paired or differ in channels.
     """
-    pairs = paired_levels(student_maps, teacher_maps, term=term, what=what)
-    if adapters is not None and len(adapters) < len(pairs):
-        raise ValueError(f"{term}: {len(adapters)} adapters for {len(pairs)} levels")
-    total = None
-    for level, (student, teacher) in enumerate(pairs):
-        if adapters is not None:
-            student = adapters[level](student)
-        check_channels(student, teacher, term=term, level=level, adapted=adapters is not None)
-        per_level = channel_wise_divergence(student, teacher, tau=tau)
-        total = per_level if total is None else total + per_level
-    return loss_weight * total
+    def divergence(level: int, student: Tensor, teacher: Tensor) -> Tensor:
+        return channel_wise_divergence(student, teacher, tau=tau)
+
+    return loss_weight * sum_over_adapted_pairs(student_maps, teacher_maps, adapters, divergence, term=term, what=what)
 
 
 class ChannelWiseTerm(DistillationLoss):
@@ -138,13 +135,7 @@ class ChannelWiseTerm(DistillationLoss):
         if maps == "features" and student_channels != teacher_channels:
             self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``).
 
         With ``maps="features"`` the maps are ``student.levels`` / ``teacher.levels``, ``L`` maps

@@ -18,7 +18,15 @@ from msadkit.errors import InputError
 from msadkit.modeling.detectors.dense_detector import DenseDetector
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
 
-__all__ = ["DistillationTeacher", "DistillationLoss", "Distiller", "freeze"]
+__all__ = ["Targets", "LossDict", "DistillationTeacher", "DistillationLoss", "Distiller", "freeze", "term_ramp", "RAW_SUFFIX"]
+
+# What a term receives as ground truth (one dict per image: "boxes" (M, 4), "labels" (M,)) and
+# what it returns (loss name suffix -> scalar).
+Targets = list[dict[str, Tensor]]
+LossDict = dict[str, Tensor]
+
+# Suffix of the logged unweighted value of a distillation loss (``loss_msad_feature_raw``).
+RAW_SUFFIX = "_raw"
 
 
 class DistillationTeacher(Protocol):
@@ -45,14 +53,16 @@ class DistillationLoss(nn.Module):
         self.name = name
         self.weight = float(weight)
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         raise NotImplementedError
+
+
+def term_ramp(loss: nn.Module, iteration: int) -> float:
+    """The factor a term's own ramp applied at ``iteration``: ``min(1, iteration / ramp_iters)`` for
+    a term with a ``ramp_iters`` option (the linear KD ramp, ``msadkit.distill.msad.kd_ramp``), 1.0
+    for a term without one or with ``ramp_iters`` 0."""
+    ramp_iters = int(getattr(loss, "ramp_iters", 0) or 0)
+    return 1.0 if ramp_iters <= 0 else min(1.0, iteration / ramp_iters)
 
 
 def freeze(module: nn.Module) -> nn.Module:
@@ -76,6 +86,9 @@ class Distiller(nn.Module):
 
     Attributes:
         iteration: the trainer's global step, set before each forward (ramps survive resume).
+        raw_losses: after a training forward, ``<key>_raw`` for each distillation loss: its value
+            before the term's weight and ramp, detached (logged beside the weighted value, never
+            part of the total loss; absent while the ramp is at 0).
     """
 
     def __init__(self, *, student: DenseDetector, teacher: nn.Module, losses: list[DistillationLoss]) -> None:
@@ -85,6 +98,7 @@ class Distiller(nn.Module):
         # A one-element list hides the teacher from nn.Module registration.
         self._teacher = [freeze(teacher)]
         self.iteration = 0
+        self.raw_losses: dict[str, Tensor] = {}
 
     @property
     def teacher(self) -> nn.Module:
@@ -136,8 +150,16 @@ class Distiller(nn.Module):
         predictions = self.student.predict(levels)
         losses = dict(self.student.losses(predictions, targets, image_shape))
         student_outputs = StudentOutputs(self.student, levels, predictions, image_shape, image_sizes)
+        self.raw_losses = {}
         for loss in self.distill_losses:
             terms = loss(student_outputs, teacher_outputs, targets, self.iteration)
+            # A term's values come ramped by the term itself (every value of a term with a ramp).
+            ramp = term_ramp(loss, self.iteration)
             for key, value in terms.items():
-                losses[f"{loss.name}_{key}" if key else loss.name] = value * loss.weight
+                name = f"{loss.name}_{key}" if key else loss.name
+                losses[name] = value * loss.weight
+                if ramp > 0:
+                    # What the term measures, before weight and ramp, which would hide it while the
+                    # ramp starts; a ramp at 0 leaves nothing to recover.
+                    self.raw_losses[f"{name}{RAW_SUFFIX}"] = value.detach() / ramp
         return losses

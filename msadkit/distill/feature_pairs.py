@@ -9,7 +9,7 @@ can be compared element by element and refuses the batch otherwise.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from msadkit.distill.layout import levels_pair_up
 from msadkit.errors import ConfigError, InputError
 
-__all__ = ["check_level_counts", "paired_levels", "check_channels", "as_loss_dtype"]
+__all__ = ["check_level_counts", "paired_levels", "check_channels", "as_loss_dtype", "sum_over_adapted_pairs"]
 
 
 def _teacher_level_names(teacher: nn.Module) -> tuple[str, ...] | None:
@@ -133,3 +133,40 @@ def check_channels(student: Tensor, teacher: Tensor, *, term: str, level: int, a
             f"distillation term {term!r}: level {level}: {hint} has {student.shape[1]} channels and the teacher "
             f"{teacher.shape[1]}"
         )
+
+
+def sum_over_adapted_pairs(
+    student_maps: Sequence[Tensor],
+    teacher_maps: Sequence[Tensor],
+    adapters: Sequence[nn.Module] | None,
+    per_level: Callable[[int, Tensor, Tensor], Tensor],
+    *,
+    term: str,
+    what: str = "feature",
+) -> Tensor:
+    """``sum_l per_level(l, A_l(S_l), T_l)`` over the paired maps (:func:`paired_levels`).
+
+    Args:
+        student_maps: ``L`` maps ``(N, Cs, Hi, Wi)``.
+        teacher_maps: ``L`` maps ``(N, Ct, Hi, Wi)`` (detached here).
+        adapters: at least ``L`` modules mapping ``Cs`` to ``Ct`` channels (the first ``L`` are
+            used), or None to compare the student maps as they are.
+        per_level: the term's loss of one pair ``(level, student (N, Ct, Hi, Wi), teacher)`` -> scalar.
+        term / what: for messages.
+
+    Raises:
+        InputError: the maps cannot be paired or a pair differs in channels.
+        ValueError: fewer adapters than levels (a programming error).
+    """
+    pairs = paired_levels(student_maps, teacher_maps, term=term, what=what)
+    if adapters is not None and len(adapters) < len(pairs):
+        raise ValueError(f"{term}: {len(adapters)} adapters for {len(pairs)} levels")
+    total: Tensor | None = None
+    for level, (student, teacher) in enumerate(pairs):
+        if adapters is not None:
+            student = adapters[level](student)
+        check_channels(student, teacher, term=term, level=level, adapted=adapters is not None)
+        value = per_level(level, student, teacher)
+        total = value if total is None else total + value
+    assert total is not None  # paired_levels refuses an empty list
+    return total

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.fgd_masks import MASK_EXTENTS, fgd_masks
 from msadkit.distill.layout import feature_channels
 from msadkit.distill.options import resolve_options
@@ -206,13 +206,7 @@ class FGDLoss(DistillationLoss):
             return [tuple(float(side) for side in size) for size in student.image_sizes]
         return [tuple(float(side) for side in student.image_shape)] * batch
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"fg", "bg", "attention", "global"}`` summed over levels, each times its FGD weight.
 
         Args:

@@ -20,8 +20,12 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
-from msadkit.distill.feature_pairs import as_loss_dtype, check_channels, check_level_counts, paired_levels
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
+from msadkit.distill.feature_pairs import (
+    as_loss_dtype,
+    check_level_counts,
+    sum_over_adapted_pairs,
+)
 from msadkit.distill.layout import feature_channels
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
@@ -57,17 +61,10 @@ def fitnet_loss(
     Raises:
         InputError: the maps cannot be paired (see :func:`paired_levels`).
     """
-    pairs = paired_levels(student_maps, teacher_maps, term=term)
-    if adapters is not None and len(adapters) < len(pairs):
-        raise ValueError(f"{term}: {len(adapters)} adapters for {len(pairs)} levels")
-    total = None
-    for level, (student, teacher) in enumerate(pairs):
-        if adapters is not None:
-            student = adapters[level](student)
-        check_channels(student, teacher, term=term, level=level, adapted=adapters is not None)
-        per_level = (as_loss_dtype(student) - as_loss_dtype(teacher)).square().mean()
-        total = per_level if total is None else total + per_level
-    return loss_weight * total
+    def squared_error(level: int, student: Tensor, teacher: Tensor) -> Tensor:
+        return (as_loss_dtype(student) - as_loss_dtype(teacher)).square().mean()
+
+    return loss_weight * sum_over_adapted_pairs(student_maps, teacher_maps, adapters, squared_error, term=term)
 
 
 class FitNetTerm(DistillationLoss):
@@ -102,13 +99,7 @@ class FitNetTerm(DistillationLoss):
         if adapt_equal_widths or student_channels != teacher_channels:
             self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``); ``student.levels`` and
         ``teacher.levels`` are ``L`` paired maps ``(N, C, Hi, Wi)``."""
         del targets, iteration

@@ -28,8 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
-from msadkit.distill.feature_pairs import as_loss_dtype, check_channels, check_level_counts, paired_levels
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
+from msadkit.distill.feature_pairs import (
+    as_loss_dtype,
+    check_level_counts,
+    sum_over_adapted_pairs,
+)
 from msadkit.distill.layout import feature_channels
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
@@ -95,18 +99,15 @@ def mgd_loss(
         alpha_mgd: factor of the sum.
         term: for messages.
     """
-    pairs = paired_levels(student_maps, teacher_maps, term=term)
-    if len(generators) < len(pairs) or (aligns is not None and len(aligns) < len(pairs)) or len(masks) != len(pairs):
-        raise ValueError(f"{term}: {len(pairs)} levels need as many masks, generation blocks and aligns")
-    total = None
-    for level, (student, teacher) in enumerate(pairs):
-        if aligns is not None:
-            student = aligns[level](student)
-        check_channels(student, teacher, term=term, level=level, adapted=aligns is not None)
+    levels = len(student_maps)
+    if len(generators) < levels or (aligns is not None and len(aligns) < levels) or len(masks) != levels:
+        raise ValueError(f"{term}: {levels} levels need as many masks, generation blocks and aligns")
+
+    def generation_error(level: int, student: Tensor, teacher: Tensor) -> Tensor:
         generated = generators[level](student * masks[level].to(device=student.device, dtype=student.dtype))
-        per_level = (as_loss_dtype(generated) - as_loss_dtype(teacher)).square().sum() / teacher.shape[0]
-        total = per_level if total is None else total + per_level
-    return alpha_mgd * total
+        return (as_loss_dtype(generated) - as_loss_dtype(teacher)).square().sum() / teacher.shape[0]
+
+    return alpha_mgd * sum_over_adapted_pairs(student_maps, teacher_maps, aligns, generation_error, term=term)
 
 
 class MGDTerm(DistillationLoss):
@@ -157,13 +158,7 @@ class MGDTerm(DistillationLoss):
         shapes = [(m.shape[0], m.shape[-2], m.shape[-1]) for m in maps]
         return draw_masks(shapes, lambda_mgd=self.lambda_mgd, seed=mask_seed(self.seed, iteration, rank))
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``); ``student.levels`` and
         ``teacher.levels`` are ``L`` paired maps ``(N, C, Hi, Wi)``; ``iteration`` seeds the masks."""
         del targets

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.layout import feature_channels
 from msadkit.distill.layout import levels_pair_up
 from msadkit.distill.options import resolve_options
@@ -192,13 +192,7 @@ class MSADFeatureLoss(DistillationLoss):
         if student_channels != teacher_channels:
             self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}``: the ramped feature loss (the distiller applies ``weight``).
 
         Args:

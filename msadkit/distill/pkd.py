@@ -24,7 +24,7 @@ from typing import Any, Sequence
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.feature_pairs import as_loss_dtype, check_channels, check_level_counts, paired_levels
 from msadkit.distill.layout import feature_channels
 from msadkit.distill.options import resolve_options
@@ -107,13 +107,7 @@ class PKDTerm(DistillationLoss):
         if student_channels != teacher_channels:
             self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=len(self.levels))
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``); ``student.levels`` and
         ``teacher.levels`` are ``L`` paired maps ``(N, C, Hi, Wi)``, of which ``levels`` are used."""
         del targets, iteration

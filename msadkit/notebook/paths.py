@@ -4,7 +4,12 @@ The notebooks read earlier runs laid out as the demo (``msadkit demo --out DIR``
 defaults lay them out: ``DIR/01_teacher_training``, ``DIR/02_student_distillation/student`` and
 ``.../baseline``. A run parameter left at None means that place under ``runs_root``; a path given
 explicitly is used as is. Relative paths resolve from the kernel's working folder, which in
-JupyterLab is the notebook's folder (``notebooks/`` when opened from the repository).
+JupyterLab is the notebook's folder (``notebooks/`` when opened from the repository, any folder for
+a copy made by ``msadkit notebook copy``).
+
+A run that is not there is one line in the notebook (:class:`MissingRunError`, no traceback): the
+parameter, the normalised absolute path tried, and what to do from where the notebook is: a
+finished demo found nearby, ``make demo`` in a checkout, ``msadkit demo`` beside a copy.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 from msadkit.errors import ConfigError
 from msadkit.utils.run_folder import FINAL_WEIGHTS_NAME, SUMMARY_NAME
 
-__all__ = ["STANDARD_RUNS", "notebook_run_folder", "notebook_search_folders"]
+__all__ = ["STANDARD_RUNS", "MissingRunError", "notebook_run_folder", "notebook_search_folders", "runs_hint"]
 
 # Where each run sits under a runs root (the demo's and the notebooks' default layout).
 STANDARD_RUNS = {
@@ -23,6 +28,42 @@ STANDARD_RUNS = {
     "student_run": "02_student_distillation/student",
     "baseline_run": "02_student_distillation/baseline",
 }
+
+
+class MissingRunError(ConfigError):
+    """A notebook parameter names no (finished) run; shown in a notebook as its one line."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython prints these lines instead of a traceback: the message says all there is.
+        return [f"{type(self).__name__}: {self}"]
+
+
+def _normalised(path: Path) -> Path:
+    """The absolute path with ``..`` and ``.`` folded away (symbolic links left as written)."""
+    return Path(os.path.normpath(path.expanduser().absolute()))
+
+
+def _relative(path: Path, start: Path) -> str:
+    try:
+        return os.path.relpath(path, start)
+    except ValueError:  # another drive
+        return str(path)
+
+
+def runs_hint(parameter: str, here: Path | None = None) -> str:
+    """What to do when the runs a notebook reads are missing, for a notebook whose kernel works in
+    ``here`` (the current folder): point ``runs_root`` at a finished demo found nearby; in the
+    repository's ``notebooks/`` folder, ``make demo``; elsewhere (a copy), ``msadkit demo`` there."""
+    here = _normalised(here or Path.cwd())
+    wanted = STANDARD_RUNS.get(parameter, "01_teacher_training")
+    for root in (here / "runs" / "demo", here.parent / "runs" / "demo", here / "runs" / "notebooks"):
+        if (root / wanted / SUMMARY_NAME).is_file():
+            return f"a finished run is at {root / wanted}: set runs_root = {_relative(root, here)!r}"
+    if here.name == "notebooks" and (here.parent / "Makefile").is_file() and (here.parent / "msadkit").is_dir():
+        return (f"run `make demo` in {here.parent} and set runs_root = '../runs/demo', or run the earlier "
+                "notebooks first (with their default output_dir)")
+    return (f"run `msadkit demo --out runs/demo` in {here} and set runs_root = 'runs/demo', or run the earlier "
+            "notebooks in this folder first (with their default output_dir)")
 
 
 def notebook_run_folder(
@@ -42,8 +83,9 @@ def notebook_run_folder(
         optional: return None for ``False``, and for None when the standard place does not exist.
 
     Raises:
-        ConfigError: naming the parameter and the absolute path tried, when the folder does not
-            exist or holds no finished run (``model_final.pth`` and ``summary.json``).
+        MissingRunError: naming the parameter and the normalised absolute path tried, when the
+            folder does not exist (with :func:`runs_hint`) or holds no finished run
+            (``model_final.pth`` and ``summary.json``).
     """
     if optional and value is False:
         return None
@@ -57,16 +99,15 @@ def notebook_run_folder(
     else:
         path = Path(value).expanduser()
         source = f"{parameter}={str(value)!r}"
-    absolute = path.absolute()
-    where = f" (relative paths resolve from {Path.cwd()})" if not path.is_absolute() else ""
+    absolute = _normalised(path)
+    where = f" (relative paths resolve from {Path.cwd()})" if not path.expanduser().is_absolute() else ""
     if not absolute.is_dir():
-        raise ConfigError(
-            f"notebook parameter {source}: no run folder at {absolute}{where}; train it first, or set runs_root "
-            "to a finished demo (e.g. runs_root = '../runs/demo' after `make demo`)"
+        raise MissingRunError(
+            f"notebook parameter {source}: no run folder at {absolute}{where}; {runs_hint(parameter)}"
         )
     missing = [name for name in (FINAL_WEIGHTS_NAME, SUMMARY_NAME) if not (absolute / name).is_file()]
     if missing:
-        raise ConfigError(
+        raise MissingRunError(
             f"notebook parameter {source}: {absolute} is not a finished run (no {' or '.join(missing)}); "
             "finish its training (running its notebook again resumes it) or point the parameter elsewhere"
         )
@@ -94,8 +135,9 @@ def notebook_search_folders(
         path = Path(entry).expanduser()
         if not path.is_dir():
             where = f" (relative paths resolve from {Path.cwd()})" if not path.is_absolute() else ""
-            raise ConfigError(
-                f"notebook parameter {parameter}: {str(entry)!r} is not a folder ({path.absolute()} does not exist){where}"
+            raise MissingRunError(
+                f"notebook parameter {parameter}: {str(entry)!r} is not a folder ({_normalised(path)} does not exist)"
+                f"{where}; {runs_hint('teacher_run')}"
             )
         folders.append(path.resolve())
     return folders

@@ -10,13 +10,23 @@ deletes the file, so a failed run leaves no results behind.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RESULTS_NAME", "FIGURES_DIR", "NotebookResults", "read_results", "is_interactive", "to_jsonable"]
+__all__ = [
+    "RESULTS_NAME",
+    "FIGURES_DIR",
+    "NotebookResults",
+    "read_results",
+    "is_interactive",
+    "to_jsonable",
+    "show_png",
+    "show_markdown",
+]
 
 RESULTS_NAME = "results.json"
 FIGURES_DIR = "figures"
@@ -49,6 +59,40 @@ def _close(figure: Any) -> None:
 
     if plt.fignum_exists(getattr(figure, "number", -1)):
         plt.close(figure)
+
+
+def show_png(data: bytes, *, dpi: float, handle: Any = None) -> Any:
+    """Show PNG bytes in the cell output with no text alternative (a batch run's executed notebook
+    would otherwise read ``<IPython.core.display.Image object>``), at the size the figure has on
+    screen whatever ``dpi`` it was drawn at; replaces ``handle``'s output in place when given.
+
+    Returns:
+        The display handle (to update later).
+    """
+    from IPython.display import display
+
+    from msadkit.analysis.figure_style import SCREEN_DPI
+
+    bundle = {"image/png": base64.b64encode(data).decode("ascii")}
+    width = _png_width(data)
+    metadata = {"image/png": {"width": round(width * SCREEN_DPI / dpi)}} if width else {}
+    if handle is None:
+        return display(bundle, raw=True, metadata=metadata, display_id=True)
+    handle.update(bundle, raw=True, metadata=metadata)
+    return handle
+
+
+def _png_width(data: bytes) -> int:
+    # A PNG's IHDR chunk holds the width at bytes 16..20, big-endian.
+    return int.from_bytes(data[16:20], "big") if data[:8] == b"\x89PNG\r\n\x1a\n" else 0
+
+
+def show_markdown(text: str) -> None:
+    """Show Markdown (a table) in the cell; its plain-text form is the Markdown itself, so a batch
+    run's log and executed notebook read as a table, not ``<IPython.core.display.Markdown object>``."""
+    from IPython.display import display
+
+    display({"text/markdown": text, "text/plain": text}, raw=True)
 
 
 def to_jsonable(value: Any) -> Any:
@@ -129,22 +173,25 @@ class NotebookResults:
         self.data["files"][key] = self._relative(Path(path))
         self.save()
 
-    def save_figure(self, figure: Any, name: str, *, dpi: int = 110, show: bool = True) -> Path:
+    def save_figure(self, figure: Any, name: str, *, dpi: int | None = None, show: bool = True) -> Path:
         """Save a matplotlib figure as ``figures/<name>.png``, record it under ``figures`` and show it.
 
-        Inside a Jupyter kernel (live or papermill) the saved PNG is displayed in the cell, so the
-        executed notebook carries the same image as the file; the figure is then closed so that
-        the inline backend does not show it a second time.
+        Saved at print quality (:data:`msadkit.analysis.figure_style.SAVE_DPI` unless ``dpi`` says
+        otherwise). Inside a Jupyter kernel (live or papermill) the saved PNG is displayed in the
+        cell at its on-screen size (no text stand-in), so the executed notebook carries the same
+        image as the file; the figure is then closed so that the inline backend does not show it a
+        second time.
         """
+        from msadkit.analysis.figure_style import SAVE_DPI
+
+        dpi = int(dpi or SAVE_DPI)
         self.figures_dir.mkdir(parents=True, exist_ok=True)
         path = self.figures_dir / f"{name}.png"
-        figure.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+        figure.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.05, facecolor="white")
         self.data["figures"][name] = self._relative(path)
         self.save()
         if show and _in_kernel():
-            from IPython.display import Image, display
-
-            display(Image(filename=str(path)))
+            show_png(path.read_bytes(), dpi=dpi)
         _close(figure)
         return path
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from msadkit.errors import ConfigError, MsadkitError
-from msadkit.notebook.results import BATCH_ENV_VAR, RESULTS_NAME
+from msadkit.notebook.kernel import current_interpreter_kernel_manager
+from msadkit.notebook.results import RESULTS_NAME
 
 __all__ = [
     "NOTEBOOK_NAMES",
@@ -172,33 +173,6 @@ def notebook_parameters(name: str | os.PathLike) -> dict[str, dict[str, Any]]:
         key: {"default": value.get("default"), "type": value.get("inferred_type_name"), "help": value.get("help", "")}
         for key, value in inferred.items()
     }
-
-
-# Kernel ----------------------------------------------------------------------------------------
-
-
-def _current_interpreter_kernel_manager() -> type:
-    """A kernel manager class that starts ipykernel with ``sys.executable``.
-
-    Kernel specs resolve ``python3`` through the Jupyter data path, which may point at another
-    environment; the kit's notebooks must run with the interpreter that has this package.
-    """
-    from jupyter_client import AsyncKernelManager
-    from jupyter_client.kernelspec import KernelSpec
-
-    class CurrentInterpreterKernelManager(AsyncKernelManager):
-        @property
-        def kernel_spec(self) -> KernelSpec:
-            if self._kernel_spec is None:
-                self._kernel_spec = KernelSpec(
-                    argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                    display_name=f"Python ({sys.executable})",
-                    language="python",
-                    env={BATCH_ENV_VAR: "1"},
-                )
-            return self._kernel_spec
-
-    return CurrentInterpreterKernelManager
 
 
 def _ensure_live_log() -> None:
@@ -359,7 +333,7 @@ def run_notebook(
         _ensure_live_log()
     engine_kwargs: dict[str, Any] = {"iopub_timeout": iopub_timeout}
     if kernel_name is None:
-        engine_kwargs["kernel_manager_class"] = _current_interpreter_kernel_manager()
+        engine_kwargs["kernel_manager_class"] = current_interpreter_kernel_manager()
     start = time.perf_counter()
     error: BaseException | None = None
     try:
@@ -392,6 +366,3 @@ def run_notebook(
     record.update(status="finished", error=None)
     _write_record(run_dir, record)
     return NotebookRun(source, run_dir, params, "finished", duration_s=duration, results=_read_results(run_dir))
-
-
-# Sweeps ----------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import lightning as L
 import yaml
 
 from msadkit.config import dump_config, load_config
-from msadkit.config.run_length import scaled_solver
+from msadkit.config.run_length import run_length_overrides
 from msadkit.data.build import resolve_data_paths
 from msadkit.engine.train.launch import launch_training
 from msadkit.engine.semi_supervised.pseudo_labels import generate_pseudo_labels
@@ -59,8 +59,9 @@ def notebook_config(
         config: packaged config name or YAML path.
         overrides: ``key=value`` strings, applied after the file (and before the arguments below).
         output_dir: the run folder.
-        iterations: training length; the LR steps and the warm-up are scaled with it so that the
-            schedule keeps its shape (:func:`msadkit.config.run_length.scaled_solver`, the rule of
+        iterations: training length; every count of iterations (warm-up, LR steps, KD ramps,
+            periods longer than the run) is scaled with it so that the schedule keeps its shape
+            (:func:`msadkit.config.run_length.scaled_run_length`, the rule of
             ``msadkit train --iterations``), and ``schedule`` gets an ``-<iterations>it`` suffix.
             None keeps ``solver.max_iter``.
         device: ``cpu``, ``gpu`` (or ``cuda``) or ``auto``: the trainer's accelerator.
@@ -80,7 +81,6 @@ def notebook_config(
     if isinstance(overrides, str):
         raise ConfigError(f"overrides must be a list of key=value strings, got the string {overrides!r}")
     texts = list(overrides)
-    base = load_config(config, texts)
     settings: dict[str, Any] = {
         "output_dir": str(Path(output_dir).expanduser()),
         "trainer": {
@@ -90,12 +90,14 @@ def notebook_config(
             "progress_bar": False,
         },
     }
-    if iterations is not None:
-        # The loader labels the schedule of a run whose max_iter differs from its file's.
-        settings["solver"] = scaled_solver(base["solver"], int(iterations))
     if seed is not None:
         settings["trainer"]["seed"] = int(seed)
-    return load_config(config, texts + override_strings(settings) + override_strings(extra or {}))
+    texts += override_strings(settings) + override_strings(extra or {})
+    if iterations is None:
+        return load_config(config, texts)
+    # The rule of `msadkit train --iterations`, applied last so that it scales the losses `extra`
+    # chose too; the loader labels the schedule of a run whose max_iter differs from its file's.
+    return load_config(config, texts + run_length_overrides(load_config(config, texts), int(iterations)))
 
 
 def override_strings(values: dict[str, Any], prefix: str = "") -> list[str]:
@@ -259,9 +261,9 @@ def train_or_reuse(
 
     A finished run made with the same config is reused as is (re-executing a notebook does not
     retrain), an interrupted one resumes from its last checkpoint, and with
-    ``trainer.devices > 1`` training runs in a subprocess (:func:`launch_training`). With an
-    interactive :class:`LiveLossCurves` among the callbacks, Lightning's banner and warnings stay
-    out of the cell output and an interrupt stops after the current iteration.
+    ``trainer.devices > 1`` training runs in a subprocess (:func:`launch_training`). With a
+    :class:`LiveLossCurves` among the callbacks, Lightning's banners and warnings stay out of the
+    cell output and an interrupt stops after the current iteration.
 
     Raises:
         ConfigError: the folder holds a run made with a different config.
@@ -283,9 +285,14 @@ def train_or_reuse(
     if int(config["trainer"]["devices"]) > 1:
         return launch_training(config, resume=resume, evaluate=evaluate, echo=echo)
     callbacks = list(callbacks)
-    live = next((c for c in callbacks if isinstance(c, LiveLossCurves) and c.interactive), None)
+    live = next((c for c in callbacks if isinstance(c, LiveLossCurves)), None)
     if live is None:
         return train(config, resume=resume, callbacks=callbacks, evaluate=evaluate)
-    # A person is watching: no Lightning banner in the output area, and an interrupt stops cleanly.
+    # No Lightning banner in the output area (live or batch), and an interrupt stops cleanly after
+    # the current iteration.
     with live.attended():
-        return train(config, resume=resume, callbacks=callbacks, evaluate=evaluate)
+        run_dir = train(config, resume=resume, callbacks=callbacks, evaluate=evaluate)
+    if live.shown:
+        # The figure on screen gets the final AP, evaluated after its last redraw.
+        live.final_figure(run_dir)
+    return run_dir

@@ -12,7 +12,14 @@ from torch import nn
 from msadkit.errors import CheckpointError
 from msadkit.utils.atomic import atomic_write
 
-__all__ = ["save_atomic", "load_checkpoint_file", "load_state_dict_strict", "key_problems", "format_keys", "checkpoint_step"]
+__all__ = [
+    "save_atomic",
+    "load_checkpoint_file",
+    "load_state_dict_strict",
+    "key_problems",
+    "format_keys",
+    "checkpoint_step",
+]
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
@@ -21,6 +28,9 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> Path:
     The data go to a temporary file in the same folder first and are then moved over ``path`` with
     :func:`os.replace`, which is atomic on POSIX and Windows; an interrupted save leaves no
     half-written checkpoint behind.
+
+    Raises:
+        DiskFullError: the file does not fit on its disk (one line naming it and the free space).
     """
     with atomic_write(path, "wb") as handle:
         torch.save(obj, handle)

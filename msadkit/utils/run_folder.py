@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from msadkit.config import dump_config
+from msadkit.config.sections import dotted_value
 from msadkit.errors import ConfigError
 from msadkit.utils.atomic import write_text_atomic
 
@@ -17,6 +18,8 @@ __all__ = [
     "CONFIG_NAME",
     "FINAL_WEIGHTS_NAME",
     "EVAL_NAME",
+    "DETECTIONS_NAME",
+    "BOOTSTRAP_NAME",
     "SUMMARY_NAME",
     "METRICS_NAME",
     "CHECKPOINT_DIR",
@@ -32,6 +35,10 @@ __all__ = [
 CONFIG_NAME = "config.yaml"
 FINAL_WEIGHTS_NAME = "model_final.pth"
 EVAL_NAME = "eval.json"
+DETECTIONS_NAME = "detections_val.json"
+"""The COCO result entries that the final evaluation scored (``eval.json``), kept for re-evaluation."""
+BOOTSTRAP_NAME = "bootstrap_ap.json"
+"""Cache of the bootstrap evaluation SE computed from ``detections_val.json``."""
 SUMMARY_NAME = "summary.json"
 METRICS_NAME = "metrics.jsonl"
 CHECKPOINT_DIR = "checkpoints"
@@ -65,15 +72,6 @@ def last_checkpoint(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / "last.ckpt"
 
 
-def _lookup(config: dict[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def summary_fields(config: dict[str, Any]) -> dict[str, Any]:
     """The AP-table columns that describe a run, from its resolved config.
 
@@ -81,16 +79,16 @@ def summary_fields(config: dict[str, Any]) -> dict[str, Any]:
     has none); ``resolution`` (``"high+low"`` for an MSAD teacher); ``schedule`` (the config's label,
     else ``"<max_iter>it"``). Missing keys give None, so an older or partial config still reads.
     """
-    backbone = _lookup(config, "model.backbone.name")
-    max_iter = _lookup(config, "solver.max_iter")
-    resolution = _lookup(config, "model.resolution")
-    if _lookup(config, "model.arch") == "msad_teacher":
+    backbone = dotted_value(config, "model.backbone.name")
+    max_iter = dotted_value(config, "solver.max_iter")
+    resolution = dotted_value(config, "model.resolution")
+    if dotted_value(config, "model.arch") == "msad_teacher":
         resolution = "high+low"
     return {
-        "method": _lookup(config, "method"),
+        "method": dotted_value(config, "method"),
         "backbone": backbone,
-        "width": _lookup(config, "model.backbone.width") if backbone == "slimmable_resnet50" else None,
-        "role": _lookup(config, "role"),
+        "width": dotted_value(config, "model.backbone.width") if backbone == "slimmable_resnet50" else None,
+        "role": dotted_value(config, "role"),
         "resolution": resolution,
-        "schedule": _lookup(config, "schedule") or (f"{max_iter}it" if max_iter is not None else None),
+        "schedule": dotted_value(config, "schedule") or (f"{max_iter}it" if max_iter is not None else None),
     }

@@ -123,7 +123,7 @@ def test_fusion_weight_heat_map_shows_the_high_resolution_weight():
     assert figure.axes[0].images[0].get_clim() == (0, 1)
 
 
-def test_ap_vs_capacity_draws_one_line_per_method_sorted_by_capacity():
+def test_ap_vs_capacity_draws_one_line_per_method_and_resolution_sorted_by_capacity():
     rows = [
         {"method": "msad", "capacity": 0.5, "AP": 30.0, "width": 0.5, "resolution": "low", "run": "m2"},
         {"method": "msad", "capacity": 0.1, "AP": 20.0, "width": 0.25, "resolution": "low", "run": "m1"},
@@ -131,11 +131,12 @@ def test_ap_vs_capacity_draws_one_line_per_method_sorted_by_capacity():
         {"method": "fcos", "capacity": None, "AP": 19.0, "width": None, "resolution": "high", "run": "nocap"},
     ]
     figure = plots.plot_ap_vs_capacity(rows)
-    lines = {line.get_label(): line for line in figure.axes[0].lines}
-    assert set(lines) == {"msad", "fcos"}
-    assert list(lines["msad"].get_xdata()) == [0.1, 0.5] and list(lines["msad"].get_ydata()) == [20.0, 30.0]
-    assert list(lines["fcos"].get_xdata()) == [0.2]
-    assert any("nocap" in text.get_text() for text in figure.texts)
+    lines = {line.get_label(): line for line in figure.axes[0].lines if not line.get_label().startswith("_")}
+    assert set(lines) == {"msad (low res.)", "fcos (high res.)"}
+    assert list(lines["msad (low res.)"].get_xdata()) == [0.1, 0.5]
+    assert list(lines["msad (low res.)"].get_ydata()) == [20.0, 30.0]
+    assert list(lines["fcos (high res.)"].get_xdata()) == [0.2]
+    assert "nocap" in figure.axes[0].get_xlabel()
 
 
 def test_feature_grid_crops_to_the_valid_region():

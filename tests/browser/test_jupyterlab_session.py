@@ -1,6 +1,7 @@
 """A researcher's JupyterLab session in headless Chromium: 03's widgets redraw the feature grid,
-01 shows a progress bar and a live curve while it trains, and an interrupt stops training cleanly
-with Run All resuming it with its whole history."""
+01 shows a progress bar and a live figure while it trains (validation points included), 02's live
+figure draws the KD ramp, an interrupt stops training cleanly and leaves the figure complete, and Run
+All resumes it with its whole history. Screenshots of every notebook go to the test's folder."""
 
 from __future__ import annotations
 
@@ -169,7 +170,7 @@ def test_alignment_widgets_redraw_the_feature_grid(page, lab, finished_runs):
     selected = "s => s.options[s.selectedIndex].text.replace(/\\u00a0/g, ' ')"
     # It starts on the distilled student, every level at once, the first saved image.
     state = (student.evaluate(selected), level.evaluate(selected), image.input_value())
-    assert state == ("after distillation", "all levels", "1"), state
+    assert state == ("student after distillation", "all levels", "1"), state
     all_levels = _interact_image(page)
     interact.scroll_into_view_if_needed()
     shots.take("03_all_levels_image1")
@@ -210,6 +211,25 @@ def test_ap_table_shows_its_chart_once_and_the_metric_picker_redraws_it(page, la
     assert chart_cell.locator("img").count() == 1
 
 
+def _colour_pixels(data_url: str, rgb: tuple[int, int, int], *, columns: tuple[float, float],
+                   tolerance: int = 12) -> int:
+    """How many pixels of a ``data:image/png`` image, between the fractions ``columns`` of its width,
+    have about the colour ``rgb``."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"), dtype=int)
+    width = pixels.shape[1]
+    part = pixels[:, int(columns[0] * width):int(columns[1] * width)]
+    return int((np.abs(part - np.array(rgb)).max(axis=-1) <= tolerance).sum())
+
+
+def _image_size(data_url: str) -> tuple[int, int]:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).size
+
+
 def _training_view(page) -> dict:
     """The training cell's progress text and live-curve image."""
     return page.evaluate(
@@ -227,7 +247,8 @@ def test_training_shows_progress_and_redraws_the_live_curve(page, lab):
     shots = page.screenshots
     folder = lab.root / "live"
     notebook = copy_notebook("01_teacher_training", folder, config="fcos_demo", iterations=24,
-                             overrides=TINY_64 + ["trainer.log_period=4"], evaluate_branches=False)
+                             overrides=TINY_64 + ["trainer.log_period=4", "trainer.eval_period=12"],
+                             evaluate_branches=False)
     open_notebook(page, lab, notebook)
     run_all(page)
     run_dir = folder / "runs" / "notebooks" / "01_teacher_training"  # relative to the notebook's folder
@@ -246,9 +267,15 @@ def test_training_shows_progress_and_redraws_the_live_curve(page, lab):
     assert len(curves) >= 2, f"the live curve was drawn {len(curves)} time(s)"
     assert re.search(r"24/24 it \(100 %\)", texts[-1]) and "done in" in texts[-1], texts[-1]
     assert any(re.search(r"\d+/24 it .* it/s .* left .* loss \d", text) for text in texts), texts
-    assert [row["iter"] for row in results["loss_history"]] == [4, 8, 12, 16, 20, 24]
+    assert [row["iter"] for row in results["loss_history"] if "loss" in row] == [4, 8, 12, 16, 20, 24]
+    assert [row["iter"] for row in results["loss_history"] if "val/AP" in row] == [12, 24]
+    # The last figure on screen has its validation points (AP and AP50 in their colours) in the AP panel.
+    final = _training_view(page)["src"]
+    assert _colour_pixels(final, (31, 119, 180), columns=(2 / 3, 1)) > 20
+    assert _colour_pixels(final, (255, 127, 14), columns=(2 / 3, 1)) > 20
     output = notebook_text(page)
-    assert "GPU available" not in output and "Warning" not in output
+    for noise in ("GPU available", "Warning", "Trainer.fit", "IPython.core.display"):
+        assert noise not in output, noise
 
 
 def test_interrupt_stops_cleanly_and_run_all_resumes_with_the_whole_history(page, lab):
@@ -272,6 +299,9 @@ def test_interrupt_stops_cleanly_and_run_all_resumes_with_the_whole_history(page
     page.locator(OUTPUTS, has_text="Training stopped at iteration").wait_for(timeout=60_000)
     wait_for_idle_kernel(page, timeout_s=60)
     shots.take("01_stopped")
+    # The figure left on screen was redrawn at the stop: every point trained before it is drawn.
+    stopped_figure = _training_view(page)["src"]
+    assert stopped_figure and _colour_pixels(stopped_figure, (31, 119, 180), columns=(0, 1 / 3)) > 20
     output = notebook_text(page)
     stopped_at = int(re.search(r"Training stopped at iteration (\d+) of 100", output).group(1))
     assert "Run this cell again (or Run All) to resume" in output
@@ -288,3 +318,33 @@ def test_interrupt_stops_cleanly_and_run_all_resumes_with_the_whole_history(page
     shots.take("01_resumed_finished")
     assert [row["iter"] for row in results["loss_history"]] == list(range(5, iterations + 1, 5))
     assert "100 %" in _training_view(page)["text"]
+
+
+def test_student_training_draws_the_kd_ramp_on_its_live_figure(page, lab, finished_runs):
+    shots = page.screenshots
+    folder = lab.root / "ramp"
+    # The demo student's 50-iteration ramp of 300 iterations becomes 4 of 24.
+    notebook = copy_notebook("02_student_distillation", folder, runs_root="../runs/notebooks", iterations=24,
+                             overrides=TINY_MSAD + ["trainer.log_period=4"], train_baseline=False,
+                             train_step_matched=False)
+    open_notebook(page, lab, notebook)
+    run_all(page)
+    results = wait_for_results(folder / "runs" / "notebooks" / "02_student_distillation", page, timeout_s=300)
+    assert results["student_config"]["distill"]["losses"][0]["ramp_iters"] == 4
+    cell = page.locator(".jp-Cell:has(.widget-hprogress)").last
+    cell.scroll_into_view_if_needed()
+    shots.take("02_student_live_figure")
+    live = cell.locator(".jp-OutputArea-output img").first.get_attribute("src")
+    width, height = _image_size(live)
+    # Four panels (total, detection, distillation, AP), not three: the distillation panel is there.
+    assert width / height > 2.8, (width, height)
+    # Its right-hand axis and the dashed factor line (weight x ramp) are drawn in grey.
+    assert _colour_pixels(live, (115, 115, 115), columns=(0.5, 0.75), tolerance=8) > 50
+    output = notebook_text(page)
+    assert "loss_msad_feature" not in output or "raw" in output
+    for noise in ("GPU available", "Trainer.fit", "IPython.core.display", "Traceback"):
+        assert noise not in output, noise
+    # Every figure the notebook saved, on screen.
+    for figure in page.locator(".jp-OutputArea-output img").all()[1:]:
+        figure.scroll_into_view_if_needed()
+        shots.take("02_figure")

@@ -68,8 +68,9 @@ def test_the_fcos_radius_is_defined_once_and_the_coco_recipes_keep_the_papers_si
     assert DEFAULTS["model"]["fcos"]["center_sampling_radius"] == FCOS_CENTER_SAMPLING_RADIUS
     for function in (FCOS.__init__, assign_fcos_targets):
         assert inspect.signature(function).parameters["center_sampling_radius"].default == FCOS_CENTER_SAMPLING_RADIUS
-    # Test sizes of the papers' tables: MSAD and GID at 800 (max 1333), ADL at 600 (max 1000).
-    expected = {"msad/": (800, 1333), "gid/": (800, 1333), "adl/": (600, 1000)}
+    # Test sizes of the papers' tables: MSAD, GID and the peer methods' at 800 (max 1333), ADL at 600
+    # (max 1000).
+    expected = {"msad/": (800, 1333), "gid/": (800, 1333), "peers/": (800, 1333), "adl/": (600, 1000)}
     checked = 0
     for name in list_packaged_configs():
         config = load_config(name)

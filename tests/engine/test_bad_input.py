@@ -131,11 +131,29 @@ def test_missing_config_file(tmp_path, capsys):
 
 
 def test_backbone_checkpoint_that_does_not_match(tmp_path, tiny_overrides, capsys):
+    from tests.modeling.test_slimmable import make_official_state
+
+    # The official multi-width layout with one tensor missing, one unknown and one too small for
+    # the width-0.25 stem (16 output channels): each is named, and nothing else is.
+    state = make_official_state(0)
+    del state["module.features.1.body.0.weight"]
+    state["module.features.99.body.0.weight"] = torch.zeros(4, 4, 1, 1)
+    state["module.features.0.0.weight"] = torch.zeros(8, 3, 7, 7)
     bad = tmp_path / "weights.pt"
-    torch.save({"model": {"module.features.0.0.weight": torch.zeros(1)}}, bad)
+    torch.save({"model": state}, bad)
     run = tmp_path / "run"
     status, err = run_cli(["train", "fcos_demo", *tiny_overrides(run), f"model.backbone.weights={bad}"], capsys)
-    assert_clean_failure(status, err, bad, run=run)
+    assert_clean_failure(
+        status,
+        err,
+        f"checkpoint {bad} does not fit the slimmable ResNet-50 at width 0.25: ",
+        "missing keys: module.features.1.body.0.weight (for res2.0.conv1.weight);",
+        "unexpected keys: module.features.99.body.0.weight;",
+        "shape mismatch: module.features.0.0.weight (stored (8, 3, 7, 7), needs at least (16, 3, 7, 7))",
+        run=run,
+    )
+    message = err.strip().splitlines()[-1]
+    assert message.count("module.") == 3  # the three faulty keys, no others
 
 
 def test_evaluate_with_weights_of_another_model(tmp_path, tiny_overrides, capsys):

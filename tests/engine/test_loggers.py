@@ -95,9 +95,9 @@ def test_mlflow_run_holds_params_loss_and_val_ap(tmp_path, monkeypatch):
     records = read_metrics(run_dir / "metrics.jsonl")
     losses = {record["iter"]: record["loss"] for record in records if "loss" in record}
     history = client.get_metric_history(run.info.run_id, "train/loss")
-    # Lightning logs at global step - 1 for training metrics (the step before the update counts).
-    assert sorted(m.step + 1 for m in history) == [1, 2, 3, 4]
-    assert {m.step + 1: m.value for m in history} == pytest.approx(losses, rel=1e-6)
+    # The step of a training loss is its iteration in metrics.jsonl, as for val/AP.
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert {m.step: m.value for m in history} == pytest.approx(losses, rel=1e-6)
 
     val = {row["iter"]: row["val/AP"] for row in validation_rows(records)}
     ap_history = client.get_metric_history(run.info.run_id, "val/AP")

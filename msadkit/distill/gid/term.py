@@ -27,7 +27,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
-from msadkit.distill.distiller import DistillationLoss
+from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.gid.losses import (
     GIDWeights,
     flatten_instances,
@@ -144,13 +144,7 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
             selection_order=self.selection_order,
         )
 
-    def forward(
-        self,
-        student: StudentOutputs,
-        teacher: TeacherOutputs,
-        targets: list[dict[str, Tensor]],
-        iteration: int,
-    ) -> dict[str, Tensor]:
+    def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"feature", "relation", "response_cls", "response_reg"}``, each times its GID sub-weight."""
         if teacher.predictions is None or teacher.model is None:
             raise ConfigError(f"distillation term {self.name!r} needs the teacher's predictions and detector")

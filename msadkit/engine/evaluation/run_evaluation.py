@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -16,7 +17,14 @@ from msadkit.engine.inference.detect import evaluation_category_ids, predict_coc
 from msadkit.modeling.backbones.capacity import capacity_of
 from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.modeling.loading import load_run_model
-from msadkit.utils.run_folder import EVAL_NAME, SUMMARY_NAME, summary_fields, write_json_atomic
+from msadkit.utils.run_folder import (
+    DETECTIONS_NAME,
+    EVAL_NAME,
+    SUMMARY_NAME,
+    summary_fields,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 __all__ = ["evaluate_model", "evaluate_run", "run_summary"]
 
@@ -39,8 +47,12 @@ def evaluate_model(
     device: torch.device | str = "cpu",
     name: str = EVAL_NAME,
 ) -> dict[str, float]:
-    """COCO AP of ``model`` on the validation split (evaluator ``trainer.eval_backend``); written to
-    ``run_dir/eval.json`` if given."""
+    """COCO AP of ``model`` on the validation split (evaluator ``trainer.eval_backend``).
+
+    With ``run_dir``, the metrics go to ``run_dir/<name>``; for ``eval.json`` also the run's
+    ``summary.json`` and the scored COCO result entries, ``detections_val.json``, so that the
+    evaluation can be redone or bootstrapped later without the model.
+    """
     dataset = dataset if dataset is not None else build_dataset(config, "val")
     loader = build_loader(config, dataset, train=False)
     results = predict_coco_results(
@@ -56,6 +68,10 @@ def evaluate_model(
     metrics = coco_evaluate(dataset.coco_json_path, results, backend=config["trainer"]["eval_backend"])
     if run_dir is not None:
         run_dir = Path(run_dir)
+        if name == EVAL_NAME:
+            # Before eval.json, whose presence marks a finished evaluation; compact, since a COCO-sized
+            # split holds hundreds of thousands of entries, and unrounded, so re-evaluation is exact.
+            write_text_atomic(run_dir / DETECTIONS_NAME, json.dumps(results, separators=(",", ":")) + "\n")
         write_json_atomic(run_dir / name, metrics)
         if name == EVAL_NAME:
             write_json_atomic(run_dir / SUMMARY_NAME, run_summary(config, metrics))

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageColor
 from torch import nn
 
+from msadkit.data.images import IMAGE_SUFFIXES, decode_rgb, find_image_files, read_image
 from msadkit.engine.inference.detect import detect_images, run_categories
-from msadkit.data.images import IMAGE_SUFFIXES, decode_rgb, find_image_files, image_size
 from msadkit.errors import ConfigError, DatasetError, InputError
 from msadkit.modeling.loading import load_run_model, read_run_checkpoint
 from msadkit.utils.atomic import atomic_write
@@ -87,18 +86,21 @@ def collect_image_files(inputs: Sequence[str | os.PathLike]) -> list[Path]:
         other = by_output.setdefault(path.stem + ".png", path)
         if other.resolve() != path.resolve():
             raise InputError(
-                f"IMAGES: {other} and {path} would both be drawn as {path.stem}.png; predict them into separate --out folders"
+                f"IMAGES: {other} and {path} would both be drawn as {path.stem}.png; "
+                "predict them into separate --out folders"
             )
     return list(by_output.values())  # an image named twice is predicted once
 
 
 def _check_readable(files: Sequence[Path]) -> tuple[dict[int, Path], list[dict[str, Any]], list[tuple[Path, str]]]:
     """``(path of each image id, records, unreadable)``: image records ``{"id", "file_name", "width",
-    "height"}`` of the files that decode, and the others with the reason."""
+    "height"}`` (displayed size) of the files that decode, and the others with the reason."""
     paths, records, unreadable = {}, [], []
     for path in files:
         try:
-            width, height = image_size(path)
+            # Decoded, not only its header read: a truncated file has an intact header, and found
+            # later, inside the batched detection, it would stop the whole run instead of being skipped.
+            width, height = read_image(path).size
         except DatasetError as exc:
             unreadable.append((path, str(exc)))
             continue
@@ -107,16 +109,51 @@ def _check_readable(files: Sequence[Path]) -> tuple[dict[int, Path], list[dict[s
     return paths, records, unreadable
 
 
+def _relative_luminance(color: str) -> float:
+    """WCAG 2 relative luminance of a colour name, 0 (black) to 1 (white)."""
+
+    def linear(channel: int) -> float:
+        c = channel / 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    red, green, blue = ImageColor.getrgb(color)[:3]
+    return 0.2126 * linear(red) + 0.7152 * linear(green) + 0.0722 * linear(blue)
+
+
+def label_text_color(color: str) -> str:
+    """``"black"`` or ``"white"``: the text colour that contrasts more (WCAG contrast ratio) with a
+    label filled with ``color`` — light text on dark boxes, dark text on light ones."""
+    luminance = _relative_luminance(color)
+    on_white = 1.05 / (luminance + 0.05)
+    on_black = (luminance + 0.05) / 0.05
+    return "black" if on_black >= on_white else "white"
+
+
 def _draw(path: Path, detections: list[dict[str, Any]], names: dict[int, str], out: Path) -> Path:
-    """Write ``path`` with its detections drawn (class name and score) as a PNG at ``out``, atomically."""
+    """Write ``path`` with its detections drawn (class name and score) as a PNG at ``out``, atomically.
+
+    Boxes are drawn from the lowest score to the highest, so where boxes and labels overlap the
+    higher-scoring one is on top. A label sits on a band of its box's colour, its text black or
+    white, whichever reads better on that colour.
+    """
     from torchvision.utils import draw_bounding_boxes
 
     image = decode_rgb(path)
     if detections:
-        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in detections)])
-        labels = [f"{names[d['category_id']]} {d['score']:.2f}" for d in detections]
-        colors = [_PALETTE[d["category_id"] % len(_PALETTE)] for d in detections]
-        image = draw_bounding_boxes(image, boxes, labels=labels, colors=colors, width=2)
+        # sorted is stable: equal scores keep the order they came in.
+        ordered = sorted(detections, key=lambda d: d["score"])
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in ordered)])
+        labels = [f"{names[d['category_id']]} {d['score']:.2f}" for d in ordered]
+        colors = [_PALETTE[d["category_id"] % len(_PALETTE)] for d in ordered]
+        image = draw_bounding_boxes(
+            image,
+            boxes,
+            labels=labels,
+            colors=colors,
+            width=2,
+            fill_labels=True,
+            label_colors=[label_text_color(color) for color in colors],
+        )
     with atomic_write(out, "wb") as handle:
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(handle, format="PNG")
     return out

@@ -8,10 +8,9 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from msadkit.modeling.image_batch import to_model_input
 from msadkit.engine.train.schedule import warmup_multistep_factor
 from msadkit.engine.train.training_health import TrainingDiverged
-from msadkit.modeling.image_batch import pixel_normalizer
+from msadkit.modeling.image_batch import pixel_normalizer, to_model_input
 
 __all__ = ["DetectionTask", "build_optimizer"]
 
@@ -73,9 +72,15 @@ class DetectionTask(L.LightningModule):
         # For TrainingHealth, which names the terms when it stops a diverging run.
         self.last_losses = {name: value.detach() for name, value in losses.items()}
         batch_size = batch.images.shape[0]
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=batch_size)
+        # Each rank's own values, for the progress bar and the metrics hook; the hook
+        # (msadkit.engine.train.metrics_logger) averages them over the ranks and sends them to the
+        # loggers at the iteration of metrics.jsonl, so Lightning does not log them itself.
+        self.log("train/loss", total.detach(), prog_bar=True, logger=False, batch_size=batch_size)
         for name, value in losses.items():
-            self.log(f"train/{name}", value.detach(), batch_size=batch_size)
+            self.log(f"train/{name}", value.detach(), logger=False, batch_size=batch_size)
+        # A distiller's unweighted loss values: logged beside the losses, not part of the total.
+        for name, value in getattr(self.model, "raw_losses", {}).items():
+            self.log(f"train/{name}", value, logger=False, batch_size=batch_size)
         return total
 
     def validation_step(self, batch: Any, batch_idx: int) -> list[dict[str, Tensor]]:

@@ -9,27 +9,30 @@ from typing import Any, Iterable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from msadkit.distill.build import build_distiller
-from msadkit.engine.train.atomic_checkpoint_io import AtomicCheckpointIO
-from msadkit.engine.train.buffer_sync import BroadcastBuffersAtEnd
-from msadkit.engine.train.compile import compile_trained_model
 from msadkit.data.build import build_dataset, build_loader
+from msadkit.data.image_check import check_config_images
+from msadkit.distill.build import build_distiller
 from msadkit.engine.evaluation.coco_evaluation import format_ap_table
-from msadkit.engine.train.loggers import ConfigToLoggers, build_loggers
-from msadkit.engine.train.metrics_logger import MetricsJsonlLogger
-from msadkit.engine.train.resume_check import check_resume_fits
-from msadkit.engine.train.exact_resume import ExactResume
-from msadkit.engine.train.training_health import health_callbacks
 from msadkit.engine.evaluation.run_evaluation import evaluate_model
 from msadkit.engine.semi_supervised.sad_loader import build_train_loader
+from msadkit.engine.train.atomic_checkpoint_io import AtomicCheckpointIO
+from msadkit.engine.train.buffer_sync import BroadcastBuffersAtEnd
+from msadkit.engine.train.checkpointing import IterationCheckpoint, check_keep_checkpoints
+from msadkit.engine.train.compile import compile_trained_model
+from msadkit.engine.train.exact_resume import ExactResume
+from msadkit.engine.train.graceful_stop import shield_loader_workers
+from msadkit.engine.train.loggers import ConfigToLoggers, build_loggers
+from msadkit.engine.train.metrics_logger import MetricsJsonlLogger
+from msadkit.engine.train.progress import IterationProgressBar
+from msadkit.engine.train.resume_check import check_resume_fits
 from msadkit.engine.train.task import DetectionTask
+from msadkit.engine.train.training_health import health_callbacks
 from msadkit.engine.train.validation import PeriodicValidation, check_validation_config, validation_schedule
 from msadkit.errors import ConfigError
 from msadkit.modeling.registry import build_model
-from msadkit.utils.atomic import remove_stale_temporaries
+from msadkit.utils.atomic import disk_full_error, remove_stale_temporaries
 from msadkit.utils.checkpoint import checkpoint_step, save_atomic
 from msadkit.utils.run_folder import (
     CHECKPOINT_DIR,
@@ -46,18 +49,33 @@ logger = logging.getLogger(__name__)
 
 
 def _quiet_lightning() -> None:
-    """Drop Lightning's advertising and its own internal deprecation notices from run logs."""
+    """Drop Lightning's advertising from run logs (once, at import)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "litlogger" not in r.getMessage())
+
+
+def _ignore_lightning_warnings() -> None:
+    """Ignore the Lightning warnings that do not apply to msadkit's runs.
+
+    Set again by every :func:`train` call (adding a filter twice keeps one), so that they hold
+    inside a caller's ``warnings.catch_warnings()`` too (pytest, a notebook cell).
+    """
+    # Lightning's own internal deprecation notice.
     warnings.filterwarnings("ignore", message=".*LeafSpec.*is deprecated")
     # The task always has a validation_step; it runs only with trainer.eval_period > 0.
     warnings.filterwarnings("ignore", message=".*defined a `validation_step` but have no `val_dataloader`")
+    # The loggers get the training losses from MetricsJsonlLogger every trainer.log_period
+    # iterations, across epochs; Lightning's interval only paces its flushes, so an epoch shorter
+    # than the period loses nothing.
+    warnings.filterwarnings("ignore", message=".*is smaller than the logging interval")
+    # Checkpoints written before IterationCheckpoint hold the state of Lightning's ModelCheckpoint,
+    # which msadkit no longer uses; they resume all the same.
+    warnings.filterwarnings(
+        "ignore", message=r".*callbacks used to create the checkpoint need to be provided.*\[\"ModelCheckpoint\{"
+    )
 
 
 _quiet_lightning()
-
-
-# ModelCheckpoint names the periodic checkpoints iter_step=0000123.ckpt.
-ITERATION_CHECKPOINT = "iter_{step:07d}"
+_ignore_lightning_warnings()
 
 
 def _resume_point(run_dir: Path) -> tuple[Path | None, int | None]:
@@ -122,14 +140,15 @@ def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callba
     trainer_cfg = config["trainer"]
     solver = config["solver"]
     health = health_callbacks(config)
-    checkpointing = ModelCheckpoint(
-        dirpath=run_dir / CHECKPOINT_DIR,
-        filename=ITERATION_CHECKPOINT,
-        every_n_train_steps=max(1, trainer_cfg["checkpoint_period"]),
-        save_top_k=1,
-        monitor=None,
-        save_last=True,
+    # Periodic checkpoints, the newest trainer.keep_checkpoints kept; SIGTERM/SIGINT stop with one.
+    checkpointing = IterationCheckpoint(
+        run_dir / CHECKPOINT_DIR,
+        period=trainer_cfg["checkpoint_period"],
+        keep=check_keep_checkpoints(config),
+        eval_period=trainer_cfg["eval_period"],
     )
+    # One bar over the iterations instead of Lightning's per-epoch "Epoch 19/-2".
+    progress = [IterationProgressBar()] if trainer_cfg["progress_bar"] else []
     return L.Trainer(
         accelerator=trainer_cfg["accelerator"],
         devices=trainer_cfg["devices"],
@@ -139,7 +158,15 @@ def _trainer(config: dict[str, Any], run_dir: Path, callbacks: Iterable[L.Callba
         max_steps=solver["max_iter"],
         max_epochs=-1,
         gradient_clip_val=solver["clip_grad_norm"] or None,
-        callbacks=[BroadcastBuffersAtEnd(), ExactResume(), *health, checkpointing, ConfigToLoggers(config), *callbacks],
+        callbacks=[
+            BroadcastBuffersAtEnd(),
+            ExactResume(),
+            *health,
+            checkpointing,
+            ConfigToLoggers(config),
+            *progress,
+            *callbacks,
+        ],
         # trainer.loggers; csv and tensorboard add version_1 for a resumed run instead of overwriting.
         logger=build_loggers(config, run_dir),
         log_every_n_steps=trainer_cfg["log_period"],
@@ -184,11 +211,21 @@ def train(
             iteration counter come from the checkpoint.
         callbacks: extra Lightning callbacks.
         evaluate: evaluate on the validation split at the end.
+
+    Raises:
+        TrainingInterrupted: SIGTERM or SIGINT stopped training; the checkpoints of the iteration
+            it stopped after were written (``msadkit.engine.train.graceful_stop``).
+        DiskFullError: a checkpoint, a metrics row or a result file did not fit on the disk; no
+            file is left half-written.
     """
     run_dir = Path(config["output_dir"]).expanduser()
+    _ignore_lightning_warnings()
     # Before anything is built: a path that cannot be written is one line, not a traceback later.
     check_writable_folder(run_dir)
     check_validation_config(config)
+    # data.check_images (opt-in): every image decoded once, every problem in one error, before the
+    # run folder (or its lock) is written.
+    check_config_images(config)
     L.seed_everything(int(config["trainer"]["seed"]), workers=True, verbose=False)
     metrics = MetricsJsonlLogger(run_dir / METRICS_NAME, config["trainer"]["log_period"])
     # The Trainer writes nothing when built, and knows this process's rank (DDP, several nodes).
@@ -207,6 +244,9 @@ def train(
         train_loader = build_train_loader(config, train_set)
         val_set = build_dataset(config, "val") if evaluate or periodic else None
         val_loader = build_loader(config, val_set, train=False) if periodic else None
+        for loader in (train_loader, val_loader):
+            # A signal to the process group must stop training with a checkpoint, not kill a worker.
+            shield_loader_workers(loader, trainer.global_rank)
         model = build_training_model(config)
         if config["trainer"]["channels_last"]:
             model = model.to(memory_format=torch.channels_last)
@@ -229,6 +269,13 @@ def train(
                 device = next(model.parameters()).device
                 ap = evaluate_model(model, config, run_dir, dataset=val_set, device=device)
                 logger.info("evaluation\n%s", format_ap_table(ap))
+    except Exception as exc:
+        # A full disk met by a writer outside msadkit's own (Lightning's loggers) is the same
+        # one-line error as a checkpoint that does not fit.
+        full = disk_full_error(exc, default=run_dir)
+        if full is None:
+            raise
+        raise full from exc
     finally:
         if lock is not None:
             # Also removes the run folder if this call created it and wrote nothing into it.

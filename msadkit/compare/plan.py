@@ -1,0 +1,209 @@
+"""The jobs of a comparison: which runs, in which folders, with which settings, after which others.
+
+Per track and per seed ``s`` (all with ``trainer.seed=s`` and the same pretrained backbone, so every
+model of a seed starts from the same initialisation and sees the same data order):
+
+- the teacher(s), ``teacher_iterations`` long;
+- the baseline, the student without a teacher, ``iterations`` long;
+- the step-matched control, the baseline's config trained ``teacher_iterations + iterations``;
+- every method's student, ``iterations`` long, after its teacher of the same seed.
+
+Folders: ``<out>/pretrained/`` (the ``msadkit pretrain`` checkpoint of every width, copied there
+so the comparison names files of its own), ``<out>/<track>/seed<s>/<model>`` for the reported runs
+and ``<out>/<track>/tuning/seed<t>/<method>_x<scale>`` for tuning. Every run validates four times
+(``trainer.eval_period`` = a quarter of its length), which the plateau mark reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from msadkit.compare.methods import WEIGHT_SCALES, Method, losses_override
+from msadkit.compare.tracks import LEARNING_RATE, Budget, Track
+from msadkit.jobs import Job, command_job, msadkit_command, training_job
+
+__all__ = [
+    "TEACHER",
+    "BASELINE",
+    "CONTROL",
+    "METHOD",
+    "PlannedRun",
+    "track_dir",
+    "seed_dir",
+    "pretrained_file",
+    "pretrain_jobs",
+    "comparison_runs",
+    "tuning_runs",
+    "jobs_of",
+]
+
+TEACHER, BASELINE, CONTROL, METHOD = "teacher", "baseline", "control", "method"
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One training run of a comparison and what the table needs to know of it.
+
+    Attributes:
+        job: the ``msadkit train`` job.
+        track: the track's name.
+        model: ``baseline``, ``control``, a teacher role or a method's name.
+        kind: :data:`TEACHER`, :data:`BASELINE`, :data:`CONTROL` or :data:`METHOD`.
+        seed: its ``trainer.seed``.
+        iterations: its length.
+        scale: a method's weight, as a multiple of the official one (None for the others).
+    """
+
+    job: Job
+    track: str
+    model: str
+    kind: str
+    seed: int
+    iterations: int
+    scale: float | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.job.run_dir
+
+
+def track_dir(out: str | Path, track: Track) -> Path:
+    return Path(out) / track.name
+
+
+def seed_dir(out: str | Path, track: Track, seed: int, *, tuning: bool = False) -> Path:
+    return track_dir(out, track) / ("tuning" if tuning else "") / f"seed{seed}"
+
+
+def pretrained_file(out: str | Path, width: float) -> Path:
+    """Where the comparison keeps the pretrained backbone of ``width``."""
+    return Path(out).expanduser().absolute() / "pretrained" / f"slimmable_r50_w{width:g}.pt"
+
+
+def _pretrain_name(width: float) -> str:
+    return f"pretrain width {width:g}"
+
+
+def pretrain_jobs(out: str | Path, tracks: Sequence[Track], budgets: Mapping[str, Budget]) -> list[Job]:
+    """One ``msadkit pretrain`` job per backbone width the tracks use (cached by the command, copied here)."""
+    jobs: dict[float, Job] = {}
+    for track in tracks:
+        for width in track.widths():
+            if width in jobs:
+                continue
+            target = pretrained_file(out, width)
+            command = msadkit_command("pretrain", "--width", f"{width:g}", *budgets[track.name].pretrain,
+                                      "--out", str(target))
+            jobs[width] = command_job(_pretrain_name(width), command, target.parent / f"w{width:g}",
+                                      outputs=[target], log_name="pretrain.log")
+    return list(jobs.values())
+
+
+def _common(out: Path, track: Track, budget: Budget, width: float, length: int, overrides: Sequence[str]) -> list[str]:
+    return [
+        f"model.backbone.weights={pretrained_file(out, width)}",
+        f"solver.base_lr={LEARNING_RATE:g}",
+        "trainer.progress_bar=false",
+        # Only the final checkpoint: a run of a few minutes restarts faster than it resumes.
+        f"trainer.checkpoint_period={length}",
+        # Four validations per run; the last quarter's gain is the plateau mark.
+        f"trainer.eval_period={max(1, length // 4)}",
+        *track.data_overrides(budget),
+        *overrides,
+    ]
+
+
+class _Builder:
+    """Makes the runs of one track at given seeds, naming jobs and folders one way."""
+
+    def __init__(self, out: str | Path, track: Track, budget: Budget, overrides: Sequence[str], *,
+                 tuning: bool = False) -> None:
+        self.out, self.track, self.budget = Path(out).expanduser().absolute(), track, budget
+        self.overrides, self.tuning = list(overrides), tuning
+
+    def name(self, model: str, seed: int) -> str:
+        return f"{self.track.name}{' tuning' if self.tuning else ''} {model} seed {seed}"
+
+    def run(self, model: str, kind: str, seed: int, config: str, width: float, length: int,
+            defining: Sequence[str] = (), needs: Sequence[str] = (), scale: float | None = None,
+            folder: str | None = None) -> PlannedRun:
+        # What defines the comparison comes last, so no override for every run can change it.
+        overrides = [*_common(self.out, self.track, self.budget, width, length, self.overrides),
+                     f"trainer.seed={seed}", *defining]
+        run_dir = seed_dir(self.out, self.track, seed, tuning=self.tuning) / (folder or model)
+        needs = [*needs, _pretrain_name(width)]
+        job = training_job(self.name(folder or model, seed), config, run_dir, overrides, iterations=length,
+                           needs=needs)
+        return PlannedRun(job, self.track.name, model, kind, seed, length, scale)
+
+    def teacher(self, role: str, seed: int) -> PlannedRun:
+        spec = self.track.teachers[role]
+        return self.run(role, TEACHER, seed, spec.config, spec.width, self.budget.teacher_iterations)
+
+    def method(self, method: Method, seed: int, scale: float, folder: str | None = None) -> PlannedRun:
+        role = self.track.teacher_of(method)
+        teacher_dir = seed_dir(self.out, self.track, seed, tuning=self.tuning) / role
+        defining = [f"distill.teacher={teacher_dir}", losses_override(method, scale), f"method={method.name}",
+                    "role=student"]
+        if self.track.cross_resolution and not method.msad_teacher:
+            defining.append("distill.cross_resolution=true")
+        return self.run(method.name, METHOD, seed, self.track.student_config(method), self.track.student_width,
+                        self.budget.iterations, defining, needs=[self.name(role, seed)], scale=scale, folder=folder)
+
+    def teacher_roles(self, methods: Sequence[Method]) -> list[str]:
+        """The plain teacher always (the high-resolution reference); the MSAD teacher when a method needs it."""
+        needed = {self.track.teacher_of(method) for method in methods}
+        return [role for role in self.track.teachers if role == self.track.plain_teacher or role in needed]
+
+
+def comparison_runs(
+    out: str | Path,
+    track: Track,
+    methods: Sequence[Method],
+    seeds: Sequence[int],
+    budget: Budget,
+    *,
+    scales: Mapping[str, float] | None = None,
+    overrides: Sequence[str] = (),
+) -> list[PlannedRun]:
+    """The reported runs of one track, in launch order: teachers first (the others wait for them),
+    then the controls (the longest of the rest), the baselines and the methods.
+
+    Args:
+        scales: method name -> weight multiple chosen by tuning (missing: 1.0, the official weight).
+        overrides: config overrides for every run (before the settings that define the comparison).
+    """
+    build = _Builder(out, track, budget, overrides)
+    scales = scales or {}
+    runs = [build.teacher(role, seed) for seed in seeds for role in build.teacher_roles(methods)]
+    base, length = track.baseline, budget.iterations
+    runs += [build.run(CONTROL, CONTROL, seed, base, track.student_width, budget.control_iterations)
+             for seed in seeds]
+    runs += [build.run(BASELINE, BASELINE, seed, base, track.student_width, length) for seed in seeds]
+    runs += [build.method(method, seed, float(scales.get(method.name, 1.0))) for seed in seeds for method in methods]
+    return runs
+
+
+def tuning_runs(
+    out: str | Path,
+    track: Track,
+    methods: Sequence[Method],
+    tuning_seed: int,
+    budget: Budget,
+    *,
+    overrides: Sequence[str] = (),
+) -> list[PlannedRun]:
+    """The tuning runs of one track: its teachers and every method at each weight of
+    :data:`~msadkit.compare.methods.WEIGHT_SCALES`, on the tuning seed alone."""
+    build = _Builder(out, track, budget, overrides, tuning=True)
+    runs = [build.teacher(role, tuning_seed) for role in build.teacher_roles(methods)]
+    runs += [build.method(method, tuning_seed, scale, folder=f"{method.name}_x{scale:g}")
+             for method in methods for scale in WEIGHT_SCALES]
+    return runs
+
+
+def jobs_of(pretrain: Sequence[Job], runs: Sequence[PlannedRun]) -> list[Job]:
+    """The plan for :func:`msadkit.jobs.run_jobs`: the pretraining first, then the runs."""
+    return [*pretrain, *(run.job for run in runs)]
