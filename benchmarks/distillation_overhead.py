@@ -38,10 +38,10 @@ from common import (  # noqa: E402
 )
 
 from msadkit.config import load_config  # noqa: E402
-from msadkit.utils.checkpoint import save_atomic  # noqa: E402
+from msadkit.distill.distiller import Distiller  # noqa: E402
 from msadkit.engine.train.trainer import build_training_model  # noqa: E402
 from msadkit.modeling.registry import build_model  # noqa: E402
-from msadkit.distill.distiller import Distiller  # noqa: E402
+from msadkit.utils.checkpoint import save_atomic  # noqa: E402
 
 TARGET_RATIO = 1.10
 # method -> (teacher config, student config), all packaged demos.

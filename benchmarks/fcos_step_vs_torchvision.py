@@ -46,9 +46,9 @@ from common import (  # noqa: E402
 
 import msadkit.modeling.detectors.fcos as fcos_module  # noqa: E402
 from msadkit.config import load_config  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
 from msadkit.modeling.detectors.fcos_losses import fcos_losses  # noqa: E402
 from msadkit.modeling.detectors.fcos_targets import assign_fcos_targets, compute_locations  # noqa: E402
+from msadkit.modeling.registry import build_model  # noqa: E402
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

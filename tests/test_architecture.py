@@ -4,8 +4,8 @@ hold in their head, and one source for the defaults that two places use."""
 from __future__ import annotations
 
 import subprocess
-import tomllib
 import sys
+import tomllib
 from pathlib import Path
 
 import grimp

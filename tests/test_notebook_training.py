@@ -10,6 +10,8 @@ import yaml
 
 import msadkit.notebook.training as notebook_training
 from msadkit.config import dump_config, load_config
+from msadkit.engine.train import launch
+from msadkit.engine.train.launch import launch_training, training_command
 from msadkit.errors import ConfigError, MsadkitError
 from msadkit.notebook.training import (
     baseline_settings,
@@ -20,8 +22,6 @@ from msadkit.notebook.training import (
     run_state,
     train_or_reuse,
 )
-from msadkit.engine.train import launch
-from msadkit.engine.train.launch import launch_training, training_command
 
 TINY_FCOS = [
     "data.synthetic.num_train=4",

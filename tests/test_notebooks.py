@@ -170,8 +170,9 @@ def test_resolve_notebook_by_number_and_short_name():
     assert resolve_notebook("2").stem == "02_student_distillation"
     assert resolve_notebook("03").stem == "03_feature_alignment"
     assert resolve_notebook("ap_table").stem == "04_ap_table"
+    assert resolve_notebook("5").stem == "05_method_comparison"
     with pytest.raises(ConfigError, match="no notebook named"):
-        resolve_notebook("05")
+        resolve_notebook("06")
 
 
 # The pipeline -----------------------------------------------------------------------------------
@@ -310,6 +311,39 @@ def test_ap_table_notebook_writes_every_format(pipeline):
     assert "\\begin{tabular}" in files["latex"].read_text()
     assert len(results["rows"]) == 4
     assert_png_not_blank(run.run_dir / results["figures"]["ap_vs_capacity"])
+
+
+def test_method_comparison_notebook_collects_the_table_and_an_honest_figure(tmp_path, kernel_env):
+    from msadkit.compare import make_request, planned_runs
+    from tests.compare.fake_runs import write_fake_comparison
+
+    # Finished runs of a 3-seed comparison (written here), collected without training (run=False).
+    out = tmp_path / "comparison"
+    request = make_request("same-resolution", methods=["adl", "gid"], seeds=[0, 1, 2], out=out, quick=True)
+    write_fake_comparison(planned_runs(request)["same-resolution"])
+    run = run_notebook(
+        "05_method_comparison", tmp_path / "05",
+        {"track": "same-resolution", "methods": ["adl", "gid"], "seeds": [0, 1, 2], "out": str(out), "quick": True,
+         "run": False},
+        log_output=False,
+    )
+    results = run.results
+    assert results["complete"] is True and results["failed"] == []
+    models = results["same-resolution"]["models"]
+    assert list(models) == ["teacher", "baseline", "control", "adl", "gid"]
+    assert models["adl"]["delta"]["mean"] == pytest.approx(1.0)
+    assert models["adl"]["delta"]["low"] < 0 < models["adl"]["delta"]["high"]
+    assert models["adl"]["plateaued"] == {"0": True, "1": False, "2": True}
+    assert models["baseline"]["delta"] is None and models["baseline"]["eval_se"]["1"] == pytest.approx(1.0)
+    markdown = (out / "same-resolution" / "comparison.md").read_text()
+    assert results["files"]["same-resolution/markdown"] == str(out / "same-resolution" / "comparison.md")
+    assert "n = 3 seeds (0, 1, 2)" in markdown and "21.0 / 23.5† / 21.5" in markdown
+    assert_png_not_blank(run.run_dir / results["figures"]["comparison_same-resolution"])
+    # The executed notebook shows the table as Markdown, not as an object's repr.
+    cells = nbformat.read(run.executed_notebook, as_version=4).cells
+    outputs = [output for cell in cells for output in cell.get("outputs", [])]
+    assert any("| adl | 4 | 1x |" in output.get("data", {}).get("text/markdown", "") for output in outputs)
+    assert not [output for output in outputs if output.get("name") == "stderr"]
 
 
 # What a batch run may print: progress, tables, paths and the notebooks' own notes. Anything else

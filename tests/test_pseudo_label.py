@@ -13,11 +13,11 @@ from PIL import Image
 from msadkit.cli import main
 from msadkit.config import dump_config, load_config
 from msadkit.data import CocoDetectionDataset
-from msadkit.utils.checkpoint import save_atomic
 from msadkit.data.build import resolve_data_paths
 from msadkit.engine.train.metrics_logger import read_metrics
 from msadkit.engine.train.trainer import train
 from msadkit.modeling.registry import build_model
+from msadkit.utils.checkpoint import save_atomic
 
 
 @pytest.fixture

@@ -167,9 +167,10 @@ def plot_ap_vs_capacity(
     side by side so none hides another. Rows without a capacity or a finite AP are left out and
     listed under the plot.
     """
+    from matplotlib.lines import Line2D
     from matplotlib.transforms import offset_copy
 
-    figure = new_figure(figsize=(6.0, 4.0), tracked=tracked)
+    figure = new_figure(figsize=(6.0, 4.6), tracked=tracked)
     ax = figure.subplots()
     recipes: dict[tuple, list[Mapping[str, Any]]] = {}
     skipped = []
@@ -184,7 +185,7 @@ def plot_ap_vs_capacity(
         stats = aggregate([r.get(metric) for r in recipe_rows])
         series.setdefault(_series_key(first), []).append((float(first["capacity"]), stats, first))
     seen: dict[tuple[float, float], int] = {}
-    counts, labels = [], []
+    counts, labels, handles = [], [], []
     for index, (key, points) in enumerate(sorted(series.items())):
         points.sort(key=lambda p: p[0])
         method, role, resolution, schedule = key
@@ -200,6 +201,7 @@ def plot_ap_vs_capacity(
             seen[spot] = seen.get(spot, 0) + 1
         line_style = "-" if resolution != "low" else "--"
         ax.plot(xs, ys, color=colour, linestyle=line_style, lw=1.2, label=name)
+        handles.append(Line2D([], [], color=colour, linestyle=line_style, lw=1.2, marker=marker, ms=5, label=name))
         for (x, (mean, low, high, n), row), shift in zip(points, offsets):
             moved = offset_copy(ax.transData, fig=figure, x=5.0 * shift, y=0.0, units="points")
             ax.plot([x], [mean], marker=marker, color=colour, ms=6, transform=moved, linestyle="none",
@@ -219,8 +221,8 @@ def plot_ap_vs_capacity(
         xlabel += "\nnot plotted (no capacity or AP): " + ", ".join(skipped)
     finish_axes(ax, xlabel=xlabel, ylabel=f"{metric} (%)", title=title or f"{metric} against capacity")
     if series:
-        figure.legend(fontsize=FONT["legend"], loc="outside right upper", title=seed_note(counts),
-                      title_fontsize=FONT["legend"])
+        figure.legend(handles=handles, fontsize=FONT["legend"], loc="outside lower center", ncol=2,
+                      title=seed_note(counts), title_fontsize=FONT["legend"], frameon=False)
     _keep_inside(ax, [t for t in labels if t.get_text()])
     return figure
 

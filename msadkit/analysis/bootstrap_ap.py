@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "run_validation_json",
     "EvaluationSE",
 ]
+
 
 @dataclass(frozen=True)
 class EvaluationSE:
@@ -91,6 +92,8 @@ def bootstrap_run(
     if num_samples < 2:
         raise ValueError(f"num_samples must be at least 2, got {num_samples}")
     evaluation = evaluate_per_image(gt_json, results)
+    if not evaluation.image_ids:
+        raise MsadkitError(f"{gt_json} has no images to resample")
     full = evaluation.metrics()
     samples = [evaluation.metrics(counts) for counts in resample_counts(len(evaluation.image_ids), num_samples, seed)]
     metrics = {}
@@ -129,7 +132,8 @@ def cached_bootstrap(
     """The bootstrap of a run folder's ``detections_val.json``, cached in its ``bootstrap_ap.json``.
 
     The cache is used when it is at least as new as the detections and was made with the same
-    ``num_samples`` and ``seed``; otherwise it is recomputed and rewritten (atomically).
+    ``num_samples`` and ``seed``; otherwise it is recomputed and rewritten (atomically). It does not
+    record the ground truth: pass ``gt_json`` only to name the run's own validation json elsewhere.
 
     Args:
         run_dir: a run folder whose final evaluation wrote ``detections_val.json``.
@@ -166,10 +170,9 @@ def run_validation_json(run_dir: str | os.PathLike) -> Path:
 
 
 def _cache_record(result: BootstrapAP) -> dict[str, Any]:
-    metrics: Mapping[str, tuple[float, float]] = result.metrics
     return {
         "num_samples": result.num_samples,
         "seed": result.seed,
         "num_images": result.num_images,
-        "metrics": {key: {"value": value, "se": se} for key, (value, se) in metrics.items()},
+        "metrics": {key: {"value": value, "se": se} for key, (value, se) in result.metrics.items()},
     }

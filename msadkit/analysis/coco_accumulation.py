@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from msadkit.engine.evaluation.coco_evaluation import _check_results, _make_coco, _read_gt_json
+from msadkit.engine.evaluation.coco_evaluation import check_results, make_coco, read_gt_json
 
 __all__ = ["PerImageEvaluation", "evaluate_per_image", "resample_counts"]
 
@@ -261,17 +261,17 @@ def evaluate_per_image(gt_json: str | os.PathLike, results: list[dict]) -> PerIm
         InputError: a result names an unknown image or category, or lacks a key.
     """
     path = Path(gt_json)
-    dataset = _read_gt_json(path)
-    _check_results(results, dataset, path)
+    dataset = read_gt_json(path)
+    check_results(results, dataset, path)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = _make_coco(COCO, dataset)
+        gt = make_coco(COCO, dataset)
         if results:
             # loadRes writes "area", "id" and "iscrowd" into the entries it gets: give it copies.
             dt = gt.loadRes([dict(entry) for entry in results])
         else:
             # loadRes fails on an empty list: an untrained model's empty result set, built directly.
             empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
-            dt = _make_coco(COCO, {**empty, "annotations": []})
+            dt = make_coco(COCO, {**empty, "annotations": []})
         evaluator = COCOeval(gt, dt, "bbox")
         evaluator.evaluate()
     return PerImageEvaluation(evaluator)

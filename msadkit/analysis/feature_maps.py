@@ -133,7 +133,8 @@ def alignment_features(
 
     Args:
         teacher: the frozen teacher (eval mode).
-        students: label -> student detector (e.g. ``{"after distillation": ..., "before": ...}``).
+        students: label -> student detector (e.g. ``{"student after distillation": ...,
+            "baseline (no teacher)": ...}``).
         images: ``(N, 3, H, W)`` normalised batch padded as the teacher needs.
         image_sizes: valid ``(h, w)`` per image.
 

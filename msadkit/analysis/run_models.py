@@ -10,12 +10,11 @@ import torch
 
 from msadkit.data import DetectionCollator
 from msadkit.data.build import build_dataset
-from msadkit.modeling.image_batch import to_model_input
 from msadkit.engine.evaluation.run_evaluation import evaluate_run
 from msadkit.errors import ConfigError
-from msadkit.modeling.image_batch import pixel_normalizer
-from msadkit.utils.run_folder import read_run_config
+from msadkit.modeling.image_batch import pixel_normalizer, to_model_input
 from msadkit.utils.device import resolve_device
+from msadkit.utils.run_folder import read_run_config
 
 __all__ = ["load_image_batch", "count_images", "display_images", "evaluate_msad_branches", "load_starting_student"]
 

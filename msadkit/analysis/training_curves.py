@@ -257,8 +257,10 @@ def _finish(axes: Mapping[str, Any], layout: CurveLayout, runs: Sequence[str], t
         if any(not line.get_label().startswith("_") for line in ax.get_lines()):
             ax.legend(ncol=2, **_BELOW)
         else:
-            note = "no validation yet" if layout.eval_period > 0 else "no validation during training:\nthe final AP comes after it"
-            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=FONT["label"], color="0.4")
+            note = ("no validation yet" if layout.eval_period > 0
+                    else "no validation during training:\nthe final AP comes after it")
+            ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", fontsize=FONT["label"],
+                    color="0.4")
         bottom, top = ax.get_ylim()
         ax.set_ylim(0, max(5.0, top))
 

@@ -39,7 +39,7 @@ def _forest(ax: Any, rows: Sequence[Any]) -> None:
         ax.errorbar([c.mean], [y], xerr=[[c.mean - c.low], [c.high - c.mean]], fmt="o", color=colour,
                     ecolor=colour, elinewidth=1.2, capsize=3, markersize=4)
     ax.axvline(0.0, color="black", linestyle="--", linewidth=0.8)
-    finish_axes(ax, title="ΔAP vs baseline\n(mean, 95 % t-interval)", xlabel="AP points", grid="x")
+    finish_axes(ax, title="ΔAP vs baseline\nmean and 95 %\nt-interval", xlabel="AP points", grid="x")
 
 
 def _row_label(summary: Any, table: ComparisonTable) -> str:
@@ -68,7 +68,7 @@ def _per_seed(ax: Any, table: ComparisonTable, rows: Sequence[Any]) -> list[Any]
             handle = ax.plot([run.ap], [y + offsets[seed]], marker="o", linestyle="none", markersize=4,
                              color=colour, markerfacecolor="white" if rising else colour)[0]
             handles.setdefault(seed, handle)
-    finish_axes(ax, title="AP per seed\n(bar: mean; open: not plateaued)", xlabel="AP", grid="x")
+    finish_axes(ax, title="AP per seed\nbar: mean\nopen: not plateaued", xlabel="AP", grid="x")
     return [handles[seed] for seed in table.seeds if seed in handles]
 
 
@@ -85,7 +85,7 @@ def _sizes(ax: Any, rows: Sequence[Any]) -> None:
             ax.plot([sum(values) / len(values)], [yy], marker=marker, linestyle="none", color=f"C{k + 3}",
                     markersize=4, label=None if name in labelled else name)
             labelled.add(name)
-    finish_axes(ax, title="AP by object size\n(mean; line: seed range)", xlabel="AP", grid="x")
+    finish_axes(ax, title="AP by object size\nmean\nline: seed range", xlabel="AP", grid="x")
 
 
 def plot_comparison(table: ComparisonTable, *, tracked: bool = True) -> Figure:

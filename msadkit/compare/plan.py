@@ -10,8 +10,8 @@ model of a seed starts from the same initialisation and sees the same data order
 
 Folders: ``<out>/pretrained/`` (the ``msadkit pretrain`` checkpoint of every width, copied there
 so the comparison names files of its own), ``<out>/<track>/seed<s>/<model>`` for the reported runs
-and ``<out>/<track>/tuning/seed<t>/<method>_x<scale>`` for tuning. Every run validates four times
-(``trainer.eval_period`` = a quarter of its length), which the plateau mark reads.
+and ``<out>/<track>/tuning/seed<t>/<method>_x<scale>`` for tuning. Every run validates at 3/4 of its
+length (``trainer.eval_period``); that AP and the final evaluation's give the plateau mark.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ __all__ = [
     "seed_dir",
     "pretrained_file",
     "pretrain_jobs",
+    "validation_period",
     "comparison_runs",
     "tuning_runs",
     "jobs_of",
@@ -101,6 +102,12 @@ def pretrain_jobs(out: str | Path, tracks: Sequence[Track], budgets: Mapping[str
     return list(jobs.values())
 
 
+def validation_period(length: int) -> int:
+    """``trainer.eval_period`` of a run of ``length`` iterations: one validation at (or just before)
+    3/4 of it, the start of the last quarter; the final evaluation is the other end."""
+    return max(1, length * 3 // 4)
+
+
 def _common(out: Path, track: Track, budget: Budget, width: float, length: int, overrides: Sequence[str]) -> list[str]:
     return [
         f"model.backbone.weights={pretrained_file(out, width)}",
@@ -108,9 +115,10 @@ def _common(out: Path, track: Track, budget: Budget, width: float, length: int, 
         "trainer.progress_bar=false",
         # Only the final checkpoint: a run of a few minutes restarts faster than it resumes.
         f"trainer.checkpoint_period={length}",
-        # Four validations per run; the last quarter's gain is the plateau mark.
-        f"trainer.eval_period={max(1, length // 4)}",
-        *track.data_overrides(budget),
+        # One validation at 3/4 of the run; with the final evaluation it gives the last quarter's
+        # gain, the plateau mark. More would cost a validation pass each, and the schedule allows few.
+        f"trainer.eval_period={validation_period(length)}",
+        *track.shared_overrides(budget),
         *overrides,
     ]
 

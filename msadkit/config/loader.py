@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
 from msadkit.config.checks import check_counts
+from msadkit.config.defaults import DEFAULTS, FREE_FORM_KEYS, default_config
 from msadkit.config.run_length import schedule_label
 from msadkit.config.sections import check_list_item, nullable_type, parse_number
 from msadkit.errors import ConfigError
 
-__all__ = ["PACKAGED_CONFIG_DIR", "list_packaged_configs", "resolve_config_path", "load_config", "parse_override", "dump_config", "merge_into_config", "complete_config", "parse_number"]
+__all__ = [
+    "PACKAGED_CONFIG_DIR",
+    "list_packaged_configs",
+    "resolve_config_path",
+    "load_config",
+    "parse_override",
+    "dump_config",
+    "merge_into_config",
+    "complete_config",
+    "parse_number",
+]
 
 PACKAGED_CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 BASE_KEY = "_base_"

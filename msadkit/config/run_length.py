@@ -13,7 +13,8 @@ the config by ``iterations / solver.max_iter``, so the schedule keeps its shape:
 
 Keys whose names read like counts of iterations but are not points of the schedule are listed in
 :data:`NOT_SCALED`, with the reason; a test checks that every such name in the defaults and in the
-registered terms' options is in one of these lists.
+registered terms' options is in one of these lists. SAD's alternation of labeled and pseudo-labeled
+batches is every other batch, whatever the length: it has no count to scale.
 """
 
 from __future__ import annotations

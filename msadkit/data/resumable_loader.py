@@ -185,8 +185,8 @@ class ResumableLoader(DataLoader):
     """A ``DataLoader`` over a :class:`ResumableSampler` that Lightning saves and restores.
 
     ``batches_done`` counts the batches training consumed since the run began (advanced by
-    :class:`~msadkit.engine.train.exact_resume.ExactResume`); it is the loader's whole state. After :meth:`load_state_dict` the next
-    pass starts at epoch ``batches_done // len(self)``, batch ``batches_done % len(self)``.
+    :class:`~msadkit.engine.train.exact_resume.ExactResume`); it is the loader's whole state.
+    After :meth:`load_state_dict` the next pass starts at epoch ``batches_done // len(self)``, batch ``batches_done % len(self)``.
 
     Args:
         dataset: the dataset (wrapped in :class:`SeededSamples`).

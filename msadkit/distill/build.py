@@ -32,6 +32,14 @@ def init_student_from_teacher(
         ConfigError: a student tensor has no counterpart in the teacher (listed), or shapes
             differ (init needs equal widths).
     """
+    s_backbone, t_backbone = student_config["model"]["backbone"]["name"], teacher_config["model"]["backbone"]["name"]
+    if s_backbone != t_backbone:
+        # An R-50's tensor names are a subset of an R-101's with the same shapes: the copy would
+        # "succeed" with a cut-down R-101.
+        raise ConfigError(
+            f"distill.init_student_from_teacher copies the teacher's backbone, but the student's is {s_backbone} "
+            f"and the teacher's {t_backbone}; initialise from the teacher only between equal backbones"
+        )
     source = teacher.dense_detector.state_dict()
     target = student.state_dict()
     missing = sorted(name for name in target if name not in source)

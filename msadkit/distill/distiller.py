@@ -18,7 +18,16 @@ from msadkit.errors import InputError
 from msadkit.modeling.detectors.dense_detector import DenseDetector
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
 
-__all__ = ["Targets", "LossDict", "DistillationTeacher", "DistillationLoss", "Distiller", "freeze", "term_ramp", "RAW_SUFFIX"]
+__all__ = [
+    "Targets",
+    "LossDict",
+    "DistillationTeacher",
+    "DistillationLoss",
+    "Distiller",
+    "freeze",
+    "term_ramp",
+    "RAW_SUFFIX",
+]
 
 # What a term receives as ground truth (one dict per image: "boxes" (M, 4), "labels" (M,)) and
 # what it returns (loss name suffix -> scalar).

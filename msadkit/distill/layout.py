@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from msadkit.modeling.levels import HIGH_RES_FEATURES, LOW_RES_FEATURES
 from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.detectors.dense_detector import DenseDetector
+from msadkit.modeling.levels import HIGH_RES_FEATURES, LOW_RES_FEATURES
 
 __all__ = ["levels_pair_up", "check_same_layout", "check_same_prediction_shape", "dense_detector_of", "feature_channels"]
 

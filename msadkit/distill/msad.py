@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from msadkit.distill.adapters import make_feature_adapters
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
-from msadkit.distill.layout import feature_channels
-from msadkit.distill.layout import levels_pair_up
+from msadkit.distill.layout import feature_channels, levels_pair_up
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs

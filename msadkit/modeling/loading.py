@@ -19,8 +19,8 @@ from msadkit.config.loader import complete_config, merge_into_config
 from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
-from msadkit.utils.run_folder import CONFIG_NAME, FINAL_WEIGHTS_NAME, read_run_config
 from msadkit.utils.device import resolve_device
+from msadkit.utils.run_folder import CONFIG_NAME, FINAL_WEIGHTS_NAME, read_run_config
 
 __all__ = ["checkpoint_state_dict", "load_model_weights", "read_run_checkpoint", "load_run_model"]
 

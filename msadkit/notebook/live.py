@@ -107,7 +107,9 @@ def _duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    if seconds >= 3600:
+        return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    return f"{seconds // 60}:{seconds % 60:02d}"
 
 
 class LiveLossCurves(PeriodicMetrics):
@@ -306,7 +308,8 @@ class LiveLossCurves(PeriodicMetrics):
         rate = (step - self._first_step) / elapsed if elapsed > 0 and step > self._first_step else math.nan
         left = (total - step) / rate if rate and math.isfinite(rate) and rate > 0 else math.nan
         self._bar.value = min(step, total)
-        parts = [f"{step}/{total} it ({100 * step // total} %)", f"{rate:.2f} it/s" if math.isfinite(rate) else "- it/s"]
+        parts = [f"{step}/{total} it ({100 * step // total} %)",
+                 f"{rate:.2f} it/s" if math.isfinite(rate) else "- it/s"]
         if step >= total or done:
             self._bar.bar_style = "success"
             parts.append(f"done in {_duration(elapsed)}")

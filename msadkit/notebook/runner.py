@@ -49,6 +49,7 @@ NOTEBOOK_NAMES: tuple[str, ...] = (
     "02_student_distillation",
     "03_feature_alignment",
     "04_ap_table",
+    "05_method_comparison",
 )
 RUN_RECORD_NAME = "notebook_run.json"
 NOTEBOOKS_ENV_VAR = "MSADKIT_NOTEBOOKS"

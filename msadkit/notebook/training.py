@@ -17,8 +17,8 @@ import yaml
 from msadkit.config import dump_config, load_config
 from msadkit.config.run_length import run_length_overrides
 from msadkit.data.build import resolve_data_paths
-from msadkit.engine.train.launch import launch_training
 from msadkit.engine.semi_supervised.pseudo_labels import generate_pseudo_labels
+from msadkit.engine.train.launch import launch_training
 from msadkit.engine.train.trainer import train
 from msadkit.errors import ConfigError
 from msadkit.modeling.loading import load_run_model

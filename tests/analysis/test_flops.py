@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from msadkit.modeling.backbones.capacity import backbone_gmacs, count_flops, count_gmacs, msad_capacity
 from msadkit.errors import ConfigError
+from msadkit.modeling.backbones.capacity import backbone_gmacs, count_flops, count_gmacs, msad_capacity
 
 WIDTHS = (1.0, 0.75, 0.5, 0.25)
 # slimmable_networks README / METHODS §1.10: ImageNet 224x224 GMACs, classifier excluded.

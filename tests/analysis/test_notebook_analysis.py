@@ -21,9 +21,9 @@ from msadkit.analysis.feature_maps import (
     level_alignment_errors,
     level_names,
 )
+from msadkit.analysis.run_collection import find_run_folders, read_eval, sort_rows, write_ap_tables
 from msadkit.distill.gid.instances import gi_options
 from msadkit.distill.gid.selection import SELECTION_OPTIONS as GI_DEFAULTS
-from msadkit.analysis.run_collection import find_run_folders, read_eval, sort_rows, write_ap_tables
 from msadkit.errors import MsadkitError
 from msadkit.notebook.results import NotebookResults, read_results, to_jsonable
 

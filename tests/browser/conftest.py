@@ -1,6 +1,7 @@
 """A JupyterLab server and a headless Chromium driven by Playwright, for the browser tests.
 
-The server runs this interpreter's ``jupyter lab --no-browser`` on a free localhost port with a
+Screenshots of every test are kept in :func:`screenshots_root` (the test's temporary folder is
+removed when it passes). The server runs this interpreter's ``jupyter lab --no-browser`` on a free localhost port with a
 token, in a temporary root folder with its own Jupyter config, data and settings folders (no
 announcements, no update check: nothing is downloaded). The browser is the system Chromium; the
 tests skip, saying why, where there is none or Playwright is missing.
@@ -147,16 +148,29 @@ def lab(tmp_path_factory, browser):
     server.stop()
 
 
-class Screenshots:
-    """Numbered screenshots of one test, kept in its temporary folder."""
+# Where every screenshot is kept after the run (a passing test's temporary folder is removed):
+# $MSADKIT_BROWSER_SCREENSHOTS, else runs/browser-tests/ in the repository (git ignores runs/).
+SCREENSHOTS_ENV_VAR = "MSADKIT_BROWSER_SCREENSHOTS"
 
-    def __init__(self, page, folder: Path) -> None:
-        self.page, self.folder, self.paths = page, folder, []
+
+def screenshots_root() -> Path:
+    configured = os.environ.get(SCREENSHOTS_ENV_VAR)
+    return Path(configured) if configured else Path(__file__).resolve().parents[2] / "runs" / "browser-tests"
+
+
+class Screenshots:
+    """Numbered screenshots of one test, in its temporary folder and copied to ``keep``."""
+
+    def __init__(self, page, folder: Path, keep: Path | None = None) -> None:
+        self.page, self.folder, self.keep, self.paths = page, folder, keep, []
 
     def take(self, step: str) -> Path:
         path = self.folder / f"{len(self.paths) + 1:02d}_{step}.png"
         self.page.screenshot(path=str(path), full_page=False)
         self.paths.append(path)
+        if self.keep is not None:
+            self.keep.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, self.keep / path.name)
         return path
 
 
@@ -165,7 +179,7 @@ def page(browser, lab, tmp_path, request):
     """A browser page; its screenshots go to the test's temporary folder and are listed on failure."""
     context = browser.new_context(viewport={"width": 1500, "height": 1100})
     tab = context.new_page()
-    shots = Screenshots(tab, tmp_path)
+    shots = Screenshots(tab, tmp_path, keep=screenshots_root() / request.node.name)
     tab.screenshots = shots
     yield tab
     failed = getattr(request.node, "rep_call", None)

@@ -230,6 +230,13 @@ def _image_size(data_url: str) -> tuple[int, int]:
     return Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).size
 
 
+def _scroll_to_training(page) -> None:
+    """Bring the training cell (progress bar and live figure) into the screenshot."""
+    cells = page.locator(".jp-Cell:has(.widget-hprogress)")
+    if cells.count():
+        cells.last.locator(".jp-OutputArea").scroll_into_view_if_needed()
+
+
 def _training_view(page) -> dict:
     """The training cell's progress text and live-curve image."""
     return page.evaluate(
@@ -260,9 +267,11 @@ def test_training_shows_progress_and_redraws_the_live_curve(page, lab):
         if view["text"] and (not texts or texts[-1] != view["text"]):
             texts.append(view["text"])
             if len(texts) == 2:
+                _scroll_to_training(page)
                 shots.take("01_training")
         time.sleep(0.1)
     results = wait_for_results(run_dir, page, timeout_s=120)
+    _scroll_to_training(page)
     shots.take("01_finished")
     assert len(curves) >= 2, f"the live curve was drawn {len(curves)} time(s)"
     assert re.search(r"24/24 it \(100 %\)", texts[-1]) and "done in" in texts[-1], texts[-1]
@@ -294,10 +303,12 @@ def test_interrupt_stops_cleanly_and_run_all_resumes_with_the_whole_history(page
         if match and int(match.group(1)) >= 15:
             break
         time.sleep(0.2)
+    _scroll_to_training(page)
     shots.take("01_before_interrupt")
     menu(page, "Kernel", "Interrupt Kernel")
     page.locator(OUTPUTS, has_text="Training stopped at iteration").wait_for(timeout=60_000)
     wait_for_idle_kernel(page, timeout_s=60)
+    _scroll_to_training(page)
     shots.take("01_stopped")
     # The figure left on screen was redrawn at the stop: every point trained before it is drawn.
     stopped_figure = _training_view(page)["src"]
@@ -315,6 +326,7 @@ def test_interrupt_stops_cleanly_and_run_all_resumes_with_the_whole_history(page
     page.locator(OUTPUTS, has_text="resuming from its last checkpoint").wait_for(timeout=60_000)
     shots.take("01_resumed")
     results = wait_for_results(run_dir, page, timeout_s=240)
+    _scroll_to_training(page)
     shots.take("01_resumed_finished")
     assert [row["iter"] for row in results["loss_history"]] == list(range(5, iterations + 1, 5))
     assert "100 %" in _training_view(page)["text"]

@@ -14,7 +14,6 @@ from msadkit.commands import demo
 from msadkit.config import load_config
 from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_backbone
 from msadkit.modeling.builders import build_bottom_up
-
 from tests.conftest import tiny_training_overrides
 
 TRAINING_NOTEBOOKS = ("01_teacher_training", "02_student_distillation")

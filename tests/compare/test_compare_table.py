@@ -5,65 +5,21 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 
 from msadkit.compare import collect, make_request, planned_runs, plateau_of, write_outputs
 from msadkit.compare.table import HEADERS, csv_text, latex, markdown, runs_csv_text
-
-# AP per seed 0, 1, 2 of each model; the baseline's are the reference of every difference.
-AP = {
-    "teacher": [30.0, 31.0, 32.0],
-    "baseline": [20.0, 22.0, 21.0],
-    "control": [24.0, 25.0, 23.0],
-    "adl": [21.0, 23.5, 21.5],  # differences +1.0 +1.5 +0.5
-    "gid": [19.0, 21.0, 20.5],  # differences -1.0 -1.0 -0.5
-}
-BASELINE_SE = [0.8, 1.0, 1.2]
-
-
-def _write_run(run, ap, *, rising=False, validated=True, se=None):
-    run_dir = run.run_dir
-    run_dir.mkdir(parents=True)
-    length = run.iterations
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"solver": {"max_iter": length}}))
-    metrics = {"AP": ap, "AP50": ap + 20, "AP75": ap, "APs": ap - 10, "APm": ap, "APl": float("nan")}
-    (run_dir / "eval.json").write_text(json.dumps(metrics))
-    rows = []
-    if validated:
-        # Four validations; the last quarter gains 0.5 AP (plateaued) or 2.5 AP (still rising).
-        final_gain = 2.5 if rising else 0.5
-        curve = [ap - 10.0, ap - 5.0, ap - final_gain, ap]
-        for k, value in enumerate(curve, start=1):
-            iteration = k * length // 4
-            rows.append({"iter": iteration, "time": 1.0, "lr": 0.01, "loss": 1.0})  # a training row, not validation
-            rows.append({"iter": iteration, "val/AP": value, "val/AP50": value + 20})
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    if se is not None:
-        # The bootstrap's cache, newer than the detections it was made from (200 resamples, seed 0).
-        (run_dir / "detections_val.json").write_text("[]")
-        cache = {"num_samples": 200, "seed": 0, "num_images": 4,
-                 "metrics": {"AP": {"value": ap, "se": se}, "APs": {"value": ap - 10, "se": se}}}
-        (run_dir / "bootstrap_ap.json").write_text(json.dumps(cache))
+from tests.compare.fake_runs import AP, BASELINE_SE, write_fake_comparison, write_fake_run
 
 
 @pytest.fixture
 def comparison(tmp_path):
     request = make_request("same-resolution", methods=["adl", "gid"], seeds=[0, 1, 2], out=tmp_path, quick=True)
-    runs = planned_runs(request)["same-resolution"]
-    for run in runs:
-        seed_index = [0, 1, 2].index(run.seed)
-        _write_run(
-            run, AP[run.model][seed_index],
-            rising=(run.model, run.seed) == ("adl", 1),
-            validated=(run.model, run.seed) != ("gid", 2),
-            se=BASELINE_SE[seed_index] if run.model == "baseline" else None,
-        )
+    write_fake_comparison(planned_runs(request)["same-resolution"])
     return request, collect(request)["same-resolution"]
 
 
@@ -93,7 +49,8 @@ def test_markdown_table_layout_statistics_and_marks(comparison):
     assert list(rows) == ["teacher (FCOS, width 0.5)", "baseline (no teacher)", "step-matched control", "adl", "gid"]
     cell = {model: dict(zip(HEADERS, cells)) for model, cells in rows.items()}
 
-    assert cell["teacher (FCOS, width 0.5)"]["AP"] == "31.0 ± 1.0" and cell["teacher (FCOS, width 0.5)"]["ΔAP"] == ""
+    teacher = cell["teacher (FCOS, width 0.5)"]
+    assert AP["teacher"] == [30.0, 31.0, 32.0] and teacher["AP"] == "31.0 ± 1.0" and teacher["ΔAP"] == ""
     baseline = cell["baseline (no teacher)"]
     assert baseline["AP per seed"] == "20.0 / 22.0 / 21.0" and baseline["eval SE"] == "1.00"
     assert baseline["iterations"] == "4" and baseline["plateaued"] == "3/3"
@@ -132,7 +89,7 @@ def test_csv_latex_and_figure_files(comparison, tmp_path):
     assert float(rows["adl"]["ci_low"]) == pytest.approx(1 - 4.302652729911275 * 0.5 / math.sqrt(3))
     assert rows["adl"]["plateaued"] == "2" and rows["adl"]["not_plateaued"] == "1"
     assert rows["baseline"]["p_holm"] == "" and rows["control"]["p_holm"] == ""
-    assert float(rows["baseline"]["eval_se_mean"]) == pytest.approx(1.0)
+    assert float(rows["baseline"]["eval_se_mean"]) == pytest.approx(sum(BASELINE_SE) / 3)
     per_run = list(csv.DictReader(io.StringIO(runs_csv_text(table))))
     assert len(per_run) == 15
     rising = next(r for r in per_run if r["model"] == "adl" and r["seed"] == "1")
@@ -152,7 +109,7 @@ def test_unfinished_runs_are_listed_and_left_out(tmp_path):
     runs = planned_runs(request)["same-resolution"]
     for run in runs:
         if (run.model, run.seed) != ("adl", 1):
-            _write_run(run, 20.0 + run.seed)
+            write_fake_run(run, 20.0 + run.seed)
     table = collect(request)["same-resolution"]
     text = markdown(table)
     adl = next(line for line in text.splitlines() if line.startswith("| adl |"))

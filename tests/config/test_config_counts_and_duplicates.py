@@ -60,9 +60,10 @@ def test_the_same_key_in_a_file_and_its_base_is_an_override_not_a_duplicate(tmp_
 
 
 def test_the_fcos_radius_is_defined_once_and_the_coco_recipes_keep_the_papers_sizes():
+    import inspect
+
     from msadkit.modeling.detectors.fcos import FCOS
     from msadkit.modeling.detectors.fcos_targets import assign_fcos_targets
-    import inspect
 
     assert FCOS_CENTER_SAMPLING_RADIUS == 1.5  # FCOS / MSAD code (docs/methods.md §1.5)
     assert DEFAULTS["model"]["fcos"]["center_sampling_radius"] == FCOS_CENTER_SAMPLING_RADIUS

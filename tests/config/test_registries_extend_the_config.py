@@ -8,11 +8,10 @@ built-in key (one line naming the key), and a run trains with them.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from msadkit.config import load_config
-from msadkit.config.sections import LIST_ITEM_OPTIONS, NULLABLE_TYPES
 from msadkit.config.defaults import DEFAULTS
+from msadkit.config.sections import LIST_ITEM_OPTIONS, NULLABLE_TYPES
 from msadkit.distill.distiller import DistillationLoss
 from msadkit.distill.options import resolve_options
 from msadkit.distill.registry import TERMS, register_term

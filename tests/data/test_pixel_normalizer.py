@@ -7,9 +7,8 @@ import torch
 
 from msadkit.config import load_config
 from msadkit.data import collate_detection
-from msadkit.modeling.image_batch import to_model_input
 from msadkit.errors import ConfigError, InputError
-from msadkit.modeling.image_batch import PixelNormalizer, check_image_batch, pixel_normalizer
+from msadkit.modeling.image_batch import PixelNormalizer, check_image_batch, pixel_normalizer, to_model_input
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -31,7 +30,7 @@ def test_rgb_pixel_normalised_by_hand() -> None:
 def test_bgr_reverses_channels_then_subtracts_detectron2_means() -> None:
     out = PixelNormalizer(DETECTRON2_BGR_MEAN, (1.0, 1.0, 1.0), "bgr")(_one_pixel(10, 200, 255))
     # channel 0 is blue: 255 - 103.53; 1 green: 200 - 116.28; 2 red: 10 - 123.675.
-    assert out.flatten().tolist() == pytest.approx([151.47, 83.72, -113.675], abs=1e-4)
+    assert out.flatten().tolist() == pytest.approx([151.47, 83.72, -113.675], rel=1e-6)
 
 
 def test_inverse_gives_back_rgb_pixels() -> None:

@@ -8,18 +8,17 @@ import pytest
 import torch
 from torch import nn
 
+from msadkit.distill.adl import AdaptiveDistillationTerm
+from msadkit.distill.distiller import Distiller
+from msadkit.distill.registry import TERMS, build_term
 from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.detectors.anchors import AnchorGenerator, retinanet_anchor_sizes
-from msadkit.distill.distiller import Distiller
-from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
-from msadkit.distill.registry import TERMS, build_term
-from msadkit.distill.adl import AdaptiveDistillationTerm
 from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.detectors.retinanet import RetinaNet
+from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.heads.retinanet_head import RetinaNetHead
+from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
 from tests.tiny_detectors import TinyPyramid, one_level_retinanet
-
 
 
 def tiny_retinanet(channels: int, *, seed: int = 0, base_sizes=(16, 32, 64, 128, 256), strides=(8, 16, 32, 64, 128)):
@@ -210,8 +209,8 @@ def test_bad_options_are_config_errors(options, message):
 def save_random_teacher(path, name: str, overrides: list[str]):
     """A teacher checkpoint (``{"model", "config"}``) of a freshly built model: enough to run the distiller."""
     from msadkit.config import load_config
-    from msadkit.utils.checkpoint import save_atomic
     from msadkit.modeling.registry import build_model
+    from msadkit.utils.checkpoint import save_atomic
 
     config = load_config(name, overrides)
     return save_atomic({"model": build_model(config).state_dict(), "config": config}, path)
@@ -226,10 +225,10 @@ def save_random_teacher(path, name: str, overrides: list[str]):
 )
 def test_adl_distillation_run_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, detector):
     from msadkit.config import load_config
-    from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
     from msadkit.engine.train.metrics_logger import read_metrics
     from msadkit.engine.train.trainer import train
     from msadkit.modeling.registry import build_model
+    from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
 
     # The teacher is wider (width 0.5, 48 FPN channels) than the student (width 0.25, 32 channels).
     teacher = save_random_teacher(

@@ -274,11 +274,13 @@ def test_losses_and_gradients_match_the_reference(arch, options, channels):
     want = _ref_crosskd(student, teacher, s_maps, t_maps, predictions, opts, term.adapters)
     inputs = list(s_maps) + [p for p in list(student.head.parameters()) + list(term.parameters()) if p.requires_grad]
     # RetinaNet's box coder decodes in float32 (its bf16 outputs decode exactly); differences of
-    # float32 coordinates limit the box-loss gradients to about 1e-4 of their scale there.
+    # float32 coordinates limit the box loss to about 3e-6 of its value and its gradients to about
+    # 1e-4 of their scale there (4e-4 elementwise): the bounds leave room for other kernels' rounding.
     for key in ("cls", "reg"):
-        rtol, atol = (1e-3, 1e-4) if (arch, key) == ("retinanet", "reg") else (1e-6, 1e-8)
+        float32_box = (arch, key) == ("retinanet", "reg")
+        rtol, atol = (2e-3, 3e-4) if float32_box else (1e-6, 1e-8)
         assert want[key].item() > 1e-3, key  # both losses matter in this setting
-        assert got[key].item() == pytest.approx(want[key].item(), rel=1e-5), key
+        assert got[key].item() == pytest.approx(want[key].item(), rel=1e-4 if float32_box else 1e-5), key
         got_grads = torch.autograd.grad(got[key], inputs, retain_graph=True, allow_unused=True)
         want_grads = torch.autograd.grad(want[key], inputs, retain_graph=True, allow_unused=True)
         scale = max(w.abs().max().item() for w in want_grads if w is not None)

@@ -8,17 +8,17 @@ import pytest
 import torch
 from torch import nn
 
+from msadkit.distill.distiller import Distiller
 from msadkit.distill.gid.losses import GIDWeights
+from msadkit.distill.gid.term import GeneralInstanceDistillationTerm
+from msadkit.distill.registry import TERMS, build_term
 from msadkit.errors import ConfigError
 from msadkit.modeling.detectors.anchors import AnchorGenerator, retinanet_anchor_sizes
-from msadkit.distill.distiller import Distiller
-from msadkit.modeling.outputs import StudentOutputs
-from msadkit.distill.registry import TERMS, build_term
-from msadkit.distill.gid.term import GeneralInstanceDistillationTerm
 from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.detectors.retinanet import RetinaNet
+from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.heads.retinanet_head import RetinaNetHead
+from msadkit.modeling.outputs import StudentOutputs
 from tests.tiny_detectors import TinyPyramid, one_level_retinanet
 
 KEYS = {"loss_gid_feature", "loss_gid_relation", "loss_gid_response_cls", "loss_gid_response_reg"}
@@ -225,10 +225,10 @@ def test_mismatched_teacher_and_bad_options_are_config_errors():
 )
 def test_gid_distillation_runs_through_train(tmp_path, tiny_overrides, student_config, teacher_config, arch, keys):
     from msadkit.config import load_config
-    from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
     from msadkit.engine.train.metrics_logger import read_metrics
     from msadkit.engine.train.trainer import train
     from msadkit.modeling.registry import build_model
+    from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 
     # A wider teacher FPN (48 channels against the student's 32) makes the term build adapters.
     teacher_cfg = load_config(teacher_config, tiny_overrides(tmp_path / "teacher", arch=arch) + ["model.fpn.out_channels=48"])

@@ -17,7 +17,6 @@ from msadkit.config import dump_config, load_config
 from msadkit.data.build import resolve_data_paths
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import save_atomic
-
 from tests.conftest import tiny_training_overrides
 
 # (packaged config, extra overrides) per kind of deployable model.

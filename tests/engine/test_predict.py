@@ -21,6 +21,28 @@ def run_cli(args, capsys):
     return status, captured.out, captured.err
 
 
+def branch_alone_run(folder, branch, teacher, teacher_config):
+    """A run folder of ``msad/fcos_<branch>_demo`` (the teacher's test sizes and 256-pixel padding)
+    holding the MSAD teacher's shared backbone, FPN and head, as an MSAD student starts."""
+    from msadkit.config import dump_config, load_config
+    from msadkit.distill.build import init_student_from_teacher
+    from msadkit.modeling.registry import build_model
+    from msadkit.utils.checkpoint import save_atomic
+    from tests.conftest import tiny_training_overrides
+
+    overrides = [o for o in tiny_training_overrides(folder) if not o.startswith("model.arch")]
+    config = load_config(
+        f"msad/fcos_{branch}_demo",
+        overrides + ["data.test_max_size=128", "model.fcos.detections_per_image=1000", "data.size_divisibility=256"],
+    )
+    model = build_model(config).eval()
+    init_student_from_teacher(model, teacher, student_config=config, teacher_config=teacher_config)
+    folder.mkdir(parents=True)
+    save_atomic({"model": model.state_dict(), "config": config}, folder / "model_final.pth")
+    (folder / "config.yaml").write_text(dump_config(config))
+    return folder
+
+
 @pytest.fixture
 def fcos_run(tmp_path):
     return make_run(tmp_path / "run")
@@ -95,6 +117,24 @@ def test_predict_an_msad_teacher_branch_and_refuse_a_branch_elsewhere(tmp_path, 
         assert status == 0, err
         results[branch] = json.loads((out / "detections.json").read_text())
     assert results["high"] != results["low"]  # the branches see different pyramids
+
+    # Each branch is the model of that resolution built alone with the teacher's shared backbone,
+    # FPN and head: a plain FCOS on the image (high), the low-resolution FCOS on its 0.5x copy (low).
+    teacher, teacher_config = load_run_model(run)
+    for branch in ("high", "low"):
+        alone = branch_alone_run(tmp_path / f"{branch}_alone", branch, teacher, teacher_config)
+        out = tmp_path / f"{branch}_alone_out"
+        status, _, err = run_cli(
+            ["predict", str(alone), str(image), "--out", str(out), "--device", "cpu", "--score-threshold", "0.2"],
+            capsys,
+        )
+        assert status == 0, err
+        expected = json.loads((out / "detections.json").read_text())
+        assert len(results[branch]) == len(expected) > 0, branch
+        for got, want in zip(results[branch], expected):
+            assert got["category_id"] == want["category_id"], branch
+            assert got["bbox"] == pytest.approx(want["bbox"], abs=1e-3), branch  # pixels of a 64 px image
+            assert got["score"] == pytest.approx(want["score"], abs=1e-5), branch  # scores in (0, 1)
 
     fcos, _ = make_run(tmp_path / "fcos")
     status, _, err = run_cli(

@@ -9,11 +9,10 @@ from msadkit.cli import main
 from msadkit.config import load_config
 from msadkit.data import generate_synthetic_dataset
 from msadkit.data.synthetic_crops import BACKGROUND_LABEL, synthetic_training_crops
-from msadkit.engine.train.pretrain import PretrainSettings, official_state_dict, pretrain_backbone, save_pretrained
+from msadkit.engine.train.pretrain import PretrainSettings, official_state_dict, pretrain_backbone
 from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.backbones.slimmable import load_slimmable_checkpoint, slimmable_resnet50
 from msadkit.modeling.builders import build_bottom_up
-
 from tests.conftest import tiny_training_overrides
 
 TINY = ["--num-images", "6", "--image-size", "64", "--crop-size", "32", "--iterations", "2", "--batch-size", "4"]

@@ -22,8 +22,8 @@ import torch
 from msadkit.config import load_config
 from msadkit.data.build import build_dataset
 from msadkit.data.resumable_loader import ResumableSampler, SampleKey, SeededSamples
-from msadkit.engine.train.exact_resume import capture_rng
 from msadkit.engine.semi_supervised.sad_loader import AlternatingSampler, build_train_loader
+from msadkit.engine.train.exact_resume import capture_rng
 from msadkit.engine.train.trainer import train
 from msadkit.utils.checkpoint import load_checkpoint_file
 from tests.engine.test_semi_supervised import write_pseudo_labels

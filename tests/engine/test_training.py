@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from msadkit.config import load_config
-from msadkit.utils.checkpoint import load_checkpoint_file
-from msadkit.engine.train.metrics_logger import read_metrics
 from msadkit.engine.evaluation.run_evaluation import evaluate_run
+from msadkit.engine.train.metrics_logger import read_metrics
 from msadkit.engine.train.trainer import train
 from msadkit.errors import ConfigError
 from msadkit.modeling.registry import build_model
+from msadkit.utils.checkpoint import load_checkpoint_file
 
 
 @pytest.mark.parametrize("arch", ["fcos", "retinanet"])

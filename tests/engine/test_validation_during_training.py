@@ -14,8 +14,8 @@ import torch
 
 from msadkit.cli import main
 from msadkit.config import load_config
-from msadkit.engine.train.metrics_logger import append_record, read_metrics
 from msadkit.engine.evaluation.run_evaluation import evaluate_run
+from msadkit.engine.train.metrics_logger import append_record, read_metrics
 from msadkit.engine.train.task import DetectionTask
 from msadkit.engine.train.trainer import train
 from msadkit.engine.train.validation import BEST_WEIGHTS_NAME, PeriodicValidation, validation_rows

@@ -22,15 +22,12 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 
 from msadkit.config import load_config  # noqa: E402
 from msadkit.data import collate_detection, generate_synthetic_dataset  # noqa: E402
-from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic  # noqa: E402
 from msadkit.data.build import build_dataset, build_loader  # noqa: E402
-from msadkit.modeling.image_batch import to_model_input  # noqa: E402
-from msadkit.modeling.image_batch import pixel_normalizer  # noqa: E402
+from msadkit.distill.distiller import Distiller  # noqa: E402
+from msadkit.engine.evaluation.run_evaluation import evaluate_run  # noqa: E402
 from msadkit.engine.train.metrics_logger import read_metrics  # noqa: E402
 from msadkit.engine.train.task import DetectionTask  # noqa: E402
-from msadkit.engine.evaluation.run_evaluation import evaluate_run  # noqa: E402
 from msadkit.engine.train.trainer import build_training_model, train  # noqa: E402
-from msadkit.modeling.loading import load_model_weights  # noqa: E402
 from msadkit.errors import CheckpointError, ConfigError, InputError  # noqa: E402
 from msadkit.integrations.detectron2 import (  # noqa: E402
     MsadkitDetector,
@@ -54,10 +51,15 @@ from msadkit.integrations.detectron2.config import (  # noqa: E402
 )
 from msadkit.integrations.detectron2.train_net import Trainer, check_num_classes  # noqa: E402
 from msadkit.integrations.detectron2.train_net import main as train_net_main  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
-from msadkit.distill.distiller import Distiller  # noqa: E402
 from msadkit.modeling.backbones.fpn import BackboneWithFPN  # noqa: E402
 from msadkit.modeling.detectors.msad_teacher import MSADTeacher  # noqa: E402
+from msadkit.modeling.image_batch import (
+    pixel_normalizer,  # noqa: E402
+    to_model_input,  # noqa: E402
+)
+from msadkit.modeling.loading import load_model_weights  # noqa: E402
+from msadkit.modeling.registry import build_model  # noqa: E402
+from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic  # noqa: E402
 
 # DetectionTask.training_step logs through Lightning, which warns that no Trainer is attached.
 pytestmark = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")

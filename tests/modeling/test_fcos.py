@@ -8,9 +8,9 @@ from torch import nn
 
 from msadkit.errors import InputError
 from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.detectors.fcos_losses import fcos_losses, ltrb_giou_loss
 from msadkit.modeling.detectors.fcos_targets import assign_fcos_targets, centerness_target, compute_locations
+from msadkit.modeling.heads.fcos_head import FCOSHead
 
 
 class TinyPyramid(nn.Module):

@@ -4,14 +4,14 @@ import pytest
 import torch
 
 from msadkit.config import load_config
+from msadkit.distill.distiller import Distiller
+from msadkit.distill.msad import MSADFeatureLoss
+from msadkit.distill.registry import TERMS
+from msadkit.engine.train.trainer import build_training_model, train
+from msadkit.errors import CheckpointError, ConfigError
+from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic
 from msadkit.utils.run_folder import write_run_config
-from msadkit.errors import CheckpointError, ConfigError
-from msadkit.engine.train.trainer import build_training_model, train
-from msadkit.modeling.registry import build_model
-from msadkit.distill.distiller import Distiller
-from msadkit.distill.registry import TERMS
-from msadkit.distill.msad import MSADFeatureLoss
 
 TINY = ["model.fpn.out_channels=32", "model.fcos.num_convs=1"]
 
@@ -166,6 +166,13 @@ def test_init_from_a_teacher_of_another_width_is_a_config_error(teacher_run):
         build_training_model(student_config(teacher_run, "model.fpn.out_channels=16"))
     with pytest.raises(ConfigError, match="equal widths"):
         build_training_model(student_config(teacher_run, "model.backbone.width=0.5"))
+
+
+def test_init_from_a_teacher_with_another_backbone_is_a_config_error(teacher_run):
+    # A torchvision R-50's tensors are all in an R-101 with the same shapes: without this check the
+    # student would start from a cut-down teacher backbone.
+    with pytest.raises(ConfigError, match="the student's is resnet50 and the teacher's slimmable_resnet50"):
+        build_training_model(student_config(teacher_run, "model.backbone.name=resnet50"))
 
 
 def test_init_lists_student_tensors_the_teacher_lacks(teacher_run):

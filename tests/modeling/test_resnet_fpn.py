@@ -12,9 +12,9 @@ from torch import nn
 
 from msadkit.errors import CheckpointError, InputError
 from msadkit.modeling.backbones.fpn import FPN, BackboneWithFPN
-from msadkit.modeling.norm import FrozenBatchNorm2d, freeze_batchnorm, get_norm
 from msadkit.modeling.backbones.resnet import torchvision_resnet
 from msadkit.modeling.backbones.slimmable import slimmable_resnet50
+from msadkit.modeling.norm import FrozenBatchNorm2d, freeze_batchnorm, get_norm
 
 SMALL_CHANNELS = {"res2": 8, "res3": 16, "res4": 32, "res5": 64}
 

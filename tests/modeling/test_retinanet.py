@@ -95,7 +95,7 @@ def test_head_output_shapes_and_prior_initialisation():
     assert all(isinstance(m, nn.Conv2d) for m in head.cls_subnet if not isinstance(m, (nn.GroupNorm, nn.ReLU)))
     # With the tiny initial weights every anchor starts near the prior probability.
     probs = torch.sigmoid(out["cls_logits"][0])
-    assert probs.mean().item() == pytest.approx(0.01, abs=1e-3)
+    assert probs.mean().item() == pytest.approx(0.01, rel=0.1)
     assert (probs - 0.01).abs().max().item() < 5e-3
 
 

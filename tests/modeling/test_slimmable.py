@@ -11,8 +11,8 @@ import torchvision
 from torch import nn
 
 from msadkit.errors import CheckpointError
-from msadkit.modeling.norm import FrozenBatchNorm2d
 from msadkit.modeling.backbones.slimmable import WIDTHS, load_slimmable_checkpoint, slimmable_resnet50
+from msadkit.modeling.norm import FrozenBatchNorm2d
 
 OFFICIAL_WIDTHS = [0.25, 0.5, 0.75, 1.0]
 BLOCKS = [3, 4, 6, 3]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import Tensor, nn
+from torch import nn
 
 from msadkit.distill.adapters import make_feature_adapters
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets

@@ -3,8 +3,8 @@
 The detectors return boxes in the pixel coordinates of the resized input batch with contiguous
 class indices (see ``docs/architecture.md``). COCO evaluation needs boxes in the pixels of the
 original image, as ``[x, y, w, h]``, with the dataset's own category ids;
-:func:`msadkit.engine.inference.coco_results.detections_to_coco` does that conversion and :func:`coco_evaluate` scores the result list
-against a COCO ground-truth json with pycocotools.
+:func:`msadkit.engine.inference.coco_results.detections_to_coco` does that conversion and
+:func:`coco_evaluate` scores the result list against a COCO ground-truth json with pycocotools.
 
 Conventions of the returned metrics:
 
@@ -26,8 +26,6 @@ import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import torch
-
 from msadkit.errors import ConfigError, DatasetError, InputError, MsadkitError
 from msadkit.utils.run_folder import AP_METRICS
 
@@ -38,6 +36,9 @@ __all__ = [
     "format_ap_table",
     "EVAL_BACKENDS",
     "check_backend",
+    "read_gt_json",
+    "check_results",
+    "make_coco",
 ]
 
 AP_KEYS: tuple[str, ...] = AP_METRICS
@@ -102,8 +103,8 @@ def coco_evaluate_with_summary(
         raise InputError(f"coco_evaluate: iou_type {iou_type!r} is not supported; use one of {_IOU_TYPES}")
     coco_cls, eval_cls = _load_backend(backend)
     path = Path(coco_gt_json)
-    dataset = _read_gt_json(path)
-    _check_results(coco_results, dataset, path)
+    dataset = read_gt_json(path)
+    check_results(coco_results, dataset, path)
     selected = None
     if image_ids is not None:
         selected = sorted({int(i) for i in image_ids})
@@ -113,14 +114,14 @@ def coco_evaluate_with_summary(
 
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
-        gt = _make_coco(coco_cls, dataset)
+        gt = make_coco(coco_cls, dataset)
         if coco_results:
             # loadRes writes "area", "id" and "iscrowd" into the entries it gets: give it copies.
             dt = gt.loadRes([dict(entry) for entry in coco_results])
         else:
             # loadRes indexes results[0] and fails on an empty list, so build the empty set directly.
             empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
-            dt = _make_coco(coco_cls, {**empty, "annotations": []})
+            dt = make_coco(coco_cls, {**empty, "annotations": []})
         # faster-coco-eval prints its summary through a logger by default; handing it print puts the
         # summary table into the captured text as with pycocotools (it adds two AR lines).
         extra = {"print_function": print} if backend == "faster_coco_eval" else {}
@@ -209,7 +210,7 @@ def _load_backend(backend: str) -> tuple[type, type]:
     return COCO, COCOeval
 
 
-def _read_gt_json(path: Path) -> dict:
+def read_gt_json(path: Path) -> dict:
     """Read and check a COCO ground-truth file; fill the optional "iscrowd" and "area" fields."""
     if not path.is_file():
         raise DatasetError(f"COCO ground-truth file {path} does not exist")
@@ -248,7 +249,7 @@ def _read_gt_json(path: Path) -> dict:
     return {**dataset, "annotations": annotations}
 
 
-def _check_results(results: list[dict], dataset: dict, path: Path) -> None:
+def check_results(results: list[dict], dataset: dict, path: Path) -> None:
     """Reject results that pycocotools would assert on or silently drop."""
     if not isinstance(results, list):
         raise InputError(f"coco_evaluate: coco_results must be a list, got {type(results).__name__}")
@@ -277,7 +278,8 @@ def _check_results(results: list[dict], dataset: dict, path: Path) -> None:
         )
 
 
-def _make_coco(coco_cls: type, dataset: dict) -> Any:
+def make_coco(coco_cls: type, dataset: dict) -> Any:
+    """A COCO API object (pycocotools or faster-coco-eval ``coco_cls``) over an in-memory ``dataset``."""
     coco = coco_cls()
     coco.dataset = dataset
     coco.createIndex()

@@ -14,12 +14,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from msadkit.data import CocoDetectionDataset, DetectionCollator, build_transforms
-from msadkit.data.transforms import Compose, ResizeShortSide
 from msadkit.data.build import resolve_data_paths
+from msadkit.data.transforms import Compose, ResizeShortSide
 from msadkit.engine.inference.coco_results import detections_to_coco
-from msadkit.modeling.image_batch import to_model_input
 from msadkit.errors import ConfigError, DatasetError
-from msadkit.modeling.image_batch import PixelNormalizer, pixel_normalizer
+from msadkit.modeling.image_batch import PixelNormalizer, pixel_normalizer, to_model_input
 
 __all__ = [
     "autocast_context",

@@ -9,22 +9,16 @@ use the (pseudo-)boxes as hard targets and the distillation terms use the teache
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from PIL import Image
-from torch import nn
 from torch.utils.data import ConcatDataset, Sampler
 
 from msadkit.data import CocoDetectionDataset, DetectionCollator
 from msadkit.data.build import resolve_data_paths
-from msadkit.engine.inference.detect import detect_images, run_categories
-from msadkit.engine.semi_supervised.pseudo_label_check import refuse_empty_pseudo_labels
 from msadkit.data.resumable_loader import ResumableLoader, ResumableSampler, shuffled_order
-from msadkit.utils.run_folder import write_text_atomic
+from msadkit.engine.semi_supervised.pseudo_label_check import refuse_empty_pseudo_labels
 from msadkit.errors import ConfigError, DatasetError
 
 __all__ = ["AlternatingSampler", "build_train_loader", "pseudo_label_dataset"]

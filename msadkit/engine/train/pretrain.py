@@ -27,18 +27,16 @@ import dataclasses
 import hashlib
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from msadkit.data.synthetic_crops import CROP_CLASS_NAMES, synthetic_training_crops
 from msadkit.data.build import cache_dir
+from msadkit.data.synthetic_crops import CROP_CLASS_NAMES, synthetic_training_crops
 from msadkit.engine.train.pretrain_settings import QUICK_SETTINGS, PretrainSettings
 from msadkit.engine.train.schedule import warmup_cosine_lr
-from msadkit.errors import ConfigError
 from msadkit.modeling.backbones.slimmable import WIDTHS, SlimmableResNet50, official_module_pairs
 from msadkit.utils.checkpoint import save_atomic
 

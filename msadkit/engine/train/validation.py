@@ -145,7 +145,6 @@ class PeriodicValidation(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        dataset = trainer.val_dataloaders.dataset
         image_ids = [int(target["image_id"]) for target in batch.targets]
         # Half-precision boxes and scores (AMP) are widened before the pixel arithmetic.
         detections = [

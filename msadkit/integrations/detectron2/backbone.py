@@ -18,8 +18,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 
 from msadkit.errors import ConfigError
 from msadkit.integrations.detectron2.config import msadkit_config_from_cfg
-from msadkit.modeling.builders import build_backbone
 from msadkit.modeling.backbones.fpn import BackboneWithFPN
+from msadkit.modeling.builders import build_backbone
 
 __all__ = ["MsadkitFPNBackbone", "build_msadkit_slimmable_fpn_backbone", "check_pixel_normalization"]
 

@@ -26,8 +26,8 @@ from typing import Any, Mapping, Sequence
 from torch import Tensor
 
 from msadkit.config.loader import complete_config
-from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 from msadkit.errors import CheckpointError, MsadkitError
+from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict, save_atomic
 
 __all__ = [
     "MODEL_PREFIX",

@@ -10,8 +10,8 @@ from typing import Any, Sequence
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-from msadkit.utils.checkpoint import key_problems
 from msadkit.errors import CheckpointError
+from msadkit.utils.checkpoint import key_problems
 
 __all__ = ["StrictDetectionCheckpointer"]
 

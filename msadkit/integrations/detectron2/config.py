@@ -3,8 +3,8 @@
 The mapping is deliberately simple: the msadkit config named by ``cfg.MSADKIT.CONFIG`` (plus
 ``cfg.MSADKIT.OVERRIDES``) drives the model (architecture, backbone, FPN, heads, distillation, pixel
 normalisation, padding), and detectron2's own keys drive data loading, resizing, the solver,
-checkpointing and evaluation. The ``data`` (other than ``size_divisibility``), ``solver`` and ``trainer`` sections of the msadkit config are not used on
-this path.
+checkpointing and evaluation. The ``data`` (other than ``size_divisibility``), ``solver`` and
+``trainer`` sections of the msadkit config are not used on this path.
 """
 
 from __future__ import annotations

@@ -22,12 +22,12 @@ from detectron2.utils.events import get_event_storage
 from torch import Tensor, nn
 
 from msadkit.data.batching import collate_detection
+from msadkit.distill.distiller import Distiller
+from msadkit.engine.train.trainer import build_training_model
 from msadkit.errors import ConfigError, InputError
 from msadkit.integrations.detectron2.config import msadkit_config_from_cfg
-from msadkit.engine.train.trainer import build_training_model
 from msadkit.modeling.image_batch import PixelNormalizer
 from msadkit.modeling.registry import build_model
-from msadkit.distill.distiller import Distiller
 
 __all__ = ["INPUT_FORMATS", "MsadkitDetector"]
 

@@ -14,11 +14,11 @@ import torch
 import torchvision
 from torch import nn
 
-from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
 from msadkit.errors import CheckpointError
+from msadkit.modeling.backbones.weight_sources import resolve_weights_file
 from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.norm import FrozenBatchNorm2d, freeze_batchnorm, get_norm
-from msadkit.modeling.backbones.weight_sources import resolve_weights_file
+from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
 
 __all__ = [
     "RESNET_STRIDES",

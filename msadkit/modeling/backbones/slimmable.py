@@ -45,12 +45,12 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from msadkit.utils.checkpoint import format_keys, key_problems, load_checkpoint_file, load_state_dict_strict
 from msadkit.errors import CheckpointError, ConfigError
-from msadkit.modeling.norm import FrozenBatchNorm2d, get_norm
 from msadkit.modeling.backbones.resnet import RESNET_STRIDES, freeze_stages
 from msadkit.modeling.backbones.weight_sources import is_torchvision_weights
 from msadkit.modeling.image_batch import check_image_batch
+from msadkit.modeling.norm import FrozenBatchNorm2d, get_norm
+from msadkit.utils.checkpoint import format_keys, key_problems, load_checkpoint_file, load_state_dict_strict
 
 __all__ = [
     "WIDTHS",

@@ -10,14 +10,14 @@ from torch import Tensor, nn
 from msadkit.config.defaults import FCOS_CENTER_SAMPLING_RADIUS
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
-from msadkit.modeling.detectors.postprocess import select_detections, select_detections_nms_first, top_candidates
-from msadkit.modeling.outputs import DenseOutputs
 from msadkit.modeling.detectors.fcos_targets import (
     DEFAULT_SIZES_OF_INTEREST,
     FCOSTargets,
     assign_fcos_targets,
     compute_locations,
 )
+from msadkit.modeling.detectors.postprocess import select_detections, select_detections_nms_first, top_candidates
+from msadkit.modeling.outputs import DenseOutputs
 
 __all__ = ["FCOS", "decode_ltrb"]
 

@@ -20,13 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from msadkit.errors import ConfigError, InputError
-from msadkit.modeling.levels import LOW_RES_FEATURES
 from msadkit.modeling.detectors.dense_detector import downsample_nearest
-from msadkit.modeling.image_batch import check_image_batch
-from msadkit.modeling.outputs import TeacherOutputs
 from msadkit.modeling.detectors.fcos import FCOS
 from msadkit.modeling.detectors.fcos_losses import fcos_losses
 from msadkit.modeling.detectors.fusion import CrossingFeatureFusion, fuse_pyramids
+from msadkit.modeling.image_batch import check_image_batch
+from msadkit.modeling.levels import LOW_RES_FEATURES
+from msadkit.modeling.outputs import TeacherOutputs
 
 __all__ = ["MSADTeacher", "EVAL_BRANCHES", "SIZE_DIVISIBILITY"]
 
