@@ -27,6 +27,8 @@ BRANCHES = ("high", "low", "fused")
 _BRANCH_STYLES = {"": "-", "high": "-", "low": "--", "fused": ":"}
 _RUN_STYLES = ("-", "--", "-.", ":")
 _RUN_MARKERS = ("o", "s", "^", "D")
+# The final AP of each run (several runs share the AP panel: colour is the metric, shape the run).
+_FINAL_MARKERS = ("*", "D", "P", "X")
 # AP and AP50 in colours of their own (never the colours of two runs).
 METRIC_COLOURS = {"AP": "#1f77b4", "AP50": "#ff7f0e"}
 _FACTOR_COLOUR = "0.45"
@@ -114,8 +116,9 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[float]
 
 def _plot(ax: Any, xs: list[float], ys: list[float], **style: Any) -> None:
     """A line, with markers when the points are few (a single point is a marker, not nothing)."""
+    marker = style.pop("marker", "o")
     if xs:
-        ax.plot(xs, ys, marker=style.pop("marker", "o") if len(xs) < 15 else None, ms=3.5, **style)
+        ax.plot(xs, ys, marker=marker if len(xs) < 15 else None, ms=3.5, **style)
 
 
 def plot_training_curves(
@@ -218,8 +221,9 @@ def _draw_validation(ax: Any, history: Sequence[Mapping[str, Any]], final: Mappi
                     label=f"{metric}{suffix}")
         if final is not None and finite(final.get(metric)):
             at = float(layout.max_iter or (xs[-1] if xs else 0.0))
-            ax.plot([at], [float(final[metric])], color=colour, marker="*", ms=10, linestyle="none",
-                    label=f"final {metric}{suffix}")
+            marker = _FINAL_MARKERS[index % len(_FINAL_MARKERS)]
+            ax.plot([at], [float(final[metric])], color=colour, marker=marker, ms=10 if marker == "*" else 7,
+                    linestyle="none", label=f"final {metric}{suffix}")
 
 
 def _finish(axes: Mapping[str, Any], layout: CurveLayout, runs: Sequence[str], terms: Sequence[str],

@@ -23,6 +23,7 @@ import copy
 import re
 from typing import Any, Mapping
 
+from msadkit.config.sections import dotted_value
 from msadkit.errors import ConfigError
 
 __all__ = [
@@ -96,13 +97,6 @@ def _scaled_count(value: int, scale: float) -> int:
     return max(0, round(int(value) * scale))
 
 
-def _get(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node[part]
-    return node
-
-
 def _scaled_period(period: int, length: int, iterations: int) -> int:
     """A period that fits the config's run (``period <= length``) but not the new one is scaled
     like the schedule (at least 1, at most the new run); every other period is kept: 0 stays
@@ -156,11 +150,11 @@ def scaled_run_length(config: Mapping[str, Any], iterations: int, *, argument: s
         ConfigError: ``iterations`` is not a positive integer.
     """
     iterations = _check_iterations(iterations, argument)
-    length = max(1, int(_get(config, LENGTH_KEY)))
+    length = max(1, int(dotted_value(config, LENGTH_KEY)))
     settings: dict[str, Any] = {"solver": scaled_solver(config["solver"], iterations, argument=argument)}
     periods: dict[str, Any] = {}
     for dotted in PERIOD_KEYS:
-        period = int(_get(config, dotted))
+        period = int(dotted_value(config, dotted))
         new = _scaled_period(period, length, iterations)
         if new != period:
             node = periods

@@ -61,6 +61,9 @@ FIGURES = {
         {"this run": teacher_history()}, layout=CurveLayout(max_iter=300)),
     "training, distilled student with ramp and AP": lambda: plots.plot_training_curves(
         {"this run": student_history()}, layout=STUDENT_LAYOUT, final_evals={"this run": EVAL}),
+    "training, a long run": lambda: plots.plot_training_curves(
+        {"this run": student_history(end=450, period=10, ramp=75)},
+        layout=CurveLayout(max_iter=450, terms=(DistillTerm("loss_msad_feature", 1.0, 75),))),
     "training, student against baseline": lambda: plots.plot_training_curves(
         {"distilled student": student_history(),
          "baseline (no teacher)": [{k: v for k, v in r.items() if "msad" not in k} for r in student_history()]},
