@@ -160,7 +160,7 @@ SAME_RESOLUTION = Track(
     multi_scale=True,
     methods=("msad_feature", "adl", "gid", "fitnet", "cwd", "pkd", "mgd", "fgd", "crosskd", "gid+msad_feature"),
     quick_methods=("adl", "gid+msad_feature"),
-    budget=Budget(image_size=128, num_train=256, num_val=128, iterations=300, teacher_iterations=300),
+    budget=Budget(image_size=128, num_train=256, num_val=128, iterations=150, teacher_iterations=300),
     quick_budget=Budget(image_size=64, num_train=8, num_val=4, iterations=4, teacher_iterations=4, batch_size=2,
                         pretrain=QUICK_PRETRAIN),
     # The MSAD demo's slim FPN and head (32 channels, 2 tower convs) on both tracks: the head costs
@@ -183,7 +183,7 @@ CROSS_RESOLUTION = Track(
     multi_scale=False,
     methods=("msad_feature@msad", "msad_feature", "adl", "gid", "fitnet", "cwd", "pkd", "mgd", "fgd", "crosskd"),
     quick_methods=("msad_feature@msad", "gid"),
-    budget=Budget(image_size=256, num_train=256, num_val=64, iterations=300, teacher_iterations=300),
+    budget=Budget(image_size=256, num_train=256, num_val=64, iterations=150, teacher_iterations=300),
     quick_budget=Budget(image_size=64, num_train=8, num_val=4, iterations=4, teacher_iterations=4, batch_size=2,
                         pretrain=QUICK_PRETRAIN),
 )

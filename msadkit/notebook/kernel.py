@@ -38,4 +38,12 @@ def current_interpreter_kernel_manager() -> type:
                 )
             return self._kernel_spec
 
+        async def _async_interrupt_kernel(self) -> None:
+            # jupyter_client interrupts every kernel before asking it to shut down; a kernel whose
+            # notebook has finished is idle, and ipykernel then logs "KeyboardInterrupt caught in
+            # kernel" on stderr (a loaded machine delivers the signal late enough to hit that).
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
     return CurrentInterpreterKernelManager
