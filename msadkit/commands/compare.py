@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train the shared teacher(s) once per seed, the baseline, the step-matched control (teacher + "
         "student iterations) and each method's student from the same initialisation and data order per seed, "
         "reuse finished runs, and write one table (Markdown, LaTeX, CSV) and one figure per track: each method's "
-        "paired AP difference to the baseline with its 95 %% t-interval and Holm-corrected p-value, AP per seed, "
+        "paired AP difference to the baseline with its 95 % t-interval and Holm-corrected p-value, AP per seed, "
         "APs/APm/APl, each run's bootstrap evaluation SE and whether it reached its plateau.",
     )
     p.add_argument("--track", nargs="+", default=["both"], metavar="TRACK",

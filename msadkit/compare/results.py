@@ -93,12 +93,13 @@ class RunResult:
     """One finished run of a comparison.
 
     Attributes:
-        model, kind, seed, scale: as planned (:class:`~msadkit.compare.plan.PlannedRun`).
+        model, kind, seed: as planned (:class:`~msadkit.compare.plan.PlannedRun`).
         run_dir: its folder.
         metrics: ``eval.json`` (AP, AP50, AP75, APs, APm, APl; NaN where undefined).
         iterations: ``solver.max_iter`` of its config.
         ap_se: the bootstrap evaluation SE of its AP (None: no ``detections_val.json``).
         plateau: its plateau mark.
+        scale: a method's weight as trained (its config's ``distill.losses`` weight; None otherwise).
     """
 
     model: str
@@ -140,7 +141,8 @@ def read_run(planned: PlannedRun, *, bootstrap_samples: int = 200) -> RunResult 
                    if isinstance(value, (int, float))}
     except ValueError as exc:
         raise MsadkitError(f"{path} is not valid JSON: {exc}") from None
-    iterations = int(read_run_config(run_dir)["solver"]["max_iter"])
+    config = read_run_config(run_dir)
+    iterations = int(config["solver"]["max_iter"])
     se = None
     if bootstrap_samples >= 2:
         try:
@@ -149,7 +151,15 @@ def read_run(planned: PlannedRun, *, bootstrap_samples: int = 200) -> RunResult 
             se = None  # a run evaluated before detections were kept: its SE is unknown, not an error
     plateau = plateau_of(_validation_rows(run_dir), iterations, final_ap=metrics.get("AP"))
     return RunResult(planned.model, planned.kind, planned.seed, run_dir, metrics, iterations, se, plateau,
-                     planned.scale)
+                     _trained_scale(config) if planned.kind == METHOD else None)
+
+
+def _trained_scale(config: Mapping[str, Any]) -> float | None:
+    """The weight a method's run trained with (every term of a method shares it), from its config;
+    what a table shows must be what ran, even if ``tuning.json`` changed since."""
+    weights = {float(entry.get("weight", 1.0)) for entry in config.get("distill", {}).get("losses") or []
+               if isinstance(entry, dict)}
+    return weights.pop() if len(weights) == 1 else None
 
 
 @dataclass
@@ -161,7 +171,7 @@ class ModelSummary:
         runs: seed -> its finished run.
         expected_seeds: the seeds planned.
         iterations: the planned length.
-        scale: a method's weight multiple.
+        scale: a method's weight multiple as planned; :meth:`trained_scales` says what ran.
         comparison: the paired difference to the baseline (None: baseline, teachers, or fewer
             than 2 seeds both finished).
     """
@@ -178,6 +188,10 @@ class ModelSummary:
         """``metric`` of every finished seed that defines it, in seed order."""
         return [run.metrics[metric] for _, run in sorted(self.runs.items())
                 if _finite(run.metrics.get(metric))]
+
+    def trained_scales(self) -> list[float]:
+        """The distinct weights the finished runs trained with."""
+        return sorted({run.scale for run in self.runs.values() if run.scale is not None})
 
     def ap_by_seed(self) -> dict[int, float]:
         return {seed: run.ap for seed, run in sorted(self.runs.items()) if _finite(run.ap)}

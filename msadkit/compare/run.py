@@ -141,6 +141,9 @@ def make_request(
         return f"--{key.replace('_', '-')}" if cli else key
 
     chosen = parse_tracks([tracks] if isinstance(tracks, str) else list(tracks), argument=name("track"))
+    if isinstance(seeds, int) or isinstance(methods, str):  # one value where a list belongs
+        seeds = [seeds] if isinstance(seeds, int) else seeds
+        methods = [methods] if isinstance(methods, str) else methods
     seed_list = list(QUICK_SEEDS if quick else DEFAULT_SEEDS) if seeds is None else list(seeds)
     for seed in seed_list:
         _whole(seed, name("seeds"))

@@ -88,6 +88,14 @@ def _p(value: float) -> str:
     return "<0.001" if value < 0.001 else f"{value:.3f}"
 
 
+def _weight(summary: ModelSummary) -> str:
+    """A method's weight as a multiple of the official one, as its runs trained (planned if none ran)."""
+    if summary.kind != METHOD:
+        return ""
+    scales = summary.trained_scales() or ([summary.scale] if summary.scale is not None else [])
+    return " / ".join(f"{scale:g}x" for scale in scales)
+
+
 def table_cells(table: ComparisonTable, summary: ModelSummary) -> dict[str, str]:
     """The display text of every column of one model's row."""
     per_seed = []
@@ -101,7 +109,7 @@ def table_cells(table: ComparisonTable, summary: ModelSummary) -> dict[str, str]
     cells = {
         "model": model_label(summary, table.track),
         "iterations": str(summary.iterations),
-        "weight": f"{summary.scale:g}x" if summary.kind == METHOD and summary.scale is not None else "",
+        "weight": _weight(summary),
         "AP": _mean_sd(summary.values("AP")),
         "AP per seed": " / ".join(per_seed),
         "ΔAP": _number(comparison.mean, 2, signed=True) if comparison else "",
@@ -220,7 +228,7 @@ def csv_text(table: ComparisonTable) -> str:
         marks = [r.plateau.plateaued for r in summary.runs.values()]
         row = {
             "track": table.track.name, "model": summary.model, "kind": summary.kind, "iterations": summary.iterations,
-            "weight_scale": _csv_number(summary.scale), "seeds": " ".join(map(str, sorted(summary.runs))),
+            "weight_scale": _weight(summary).replace("x", ""), "seeds": " ".join(map(str, sorted(summary.runs))),
             "n": len(summary.runs), "AP_mean": _csv_number(statistics.mean(aps)) if aps else "",
             "AP_sd": _csv_number(statistics.stdev(aps)) if len(aps) > 1 else "",
             "AP_per_seed": " ".join(f"{s}:{r.ap!r}" for s, r in sorted(summary.runs.items())),

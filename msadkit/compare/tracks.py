@@ -14,7 +14,7 @@ are explained in :mod:`msadkit.compare`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Sequence
 
 from msadkit.compare.methods import Method
@@ -217,8 +217,3 @@ def parse_tracks(names: Sequence[str], *, argument: str = "--track") -> list[Tra
         if track not in tracks:
             tracks.append(track)
     return tracks
-
-
-def with_budget(track: Track, budget: Budget) -> Track:
-    """``track`` with another full budget (the command's size options)."""
-    return replace(track, budget=budget)

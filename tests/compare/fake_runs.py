@@ -22,7 +22,7 @@ def write_fake_run(run, ap, *, rising=False, validated=True, se=None):
     run_dir = run.run_dir
     run_dir.mkdir(parents=True)
     length = run.iterations
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"solver": {"max_iter": length}}))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(run.job.config))  # the config the run resolved
     metrics = {"AP": ap, "AP50": ap + 20, "AP75": ap, "APs": ap - 10, "APm": ap, "APl": float("nan")}
     (run_dir / "eval.json").write_text(json.dumps(metrics))
     rows = []

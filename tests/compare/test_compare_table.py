@@ -116,3 +116,16 @@ def test_unfinished_runs_are_listed_and_left_out(tmp_path):
     # One seed paired: no interval is claimed.
     assert "20.0 / -" in adl and "[" not in adl
     assert "Unfinished (left out): adl seed 1." in text
+
+
+def test_the_weight_shown_is_the_weight_the_runs_trained_with(tmp_path):
+    request = make_request("same-resolution", methods=["adl"], seeds=[0, 1], out=tmp_path, quick=True)
+    for run in planned_runs(request)["same-resolution"]:
+        write_fake_run(run, 20.0)
+        if run.model == "adl" and run.seed == 1:
+            # Trained before tuning.json changed its choice: the table says what ran, seed by seed.
+            config = run.run_dir / "config.yaml"
+            config.write_text(config.read_text().replace("weight: 1.0", "weight: 0.25"))
+    table = collect(request)["same-resolution"]
+    adl = next(line for line in markdown(table).splitlines() if line.startswith("| adl |"))
+    assert adl.startswith("| adl | 4 | 0.25x / 1x |")
