@@ -22,6 +22,7 @@ seeds can resolve.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Hashable, Mapping, Sequence
@@ -259,28 +260,24 @@ def holm_bonferroni(p_values: Sequence[float]) -> list[float]:
 
 
 @dataclass(frozen=True)
-class PairedComparison:
-    """One method against the baseline, paired by seed (AP points, method minus baseline).
+class PairedComparison(TTest):
+    """One method against the baseline, paired by seed (AP points, method minus baseline): its
+    :class:`TTest` of the differences plus what the comparison adds.
 
     Attributes:
         method: the method's name.
         seeds: the seeds both runs have, sorted.
-        n, mean, std, low, high, p, confidence: as in :class:`TTest`.
         p_holm: ``p`` Holm-adjusted over every method compared to the same baseline.
-        excludes_zero: the (unadjusted) interval lies strictly above or strictly below 0.
     """
 
     method: str
     seeds: tuple
-    n: int
-    mean: float
-    std: float
-    low: float
-    high: float
-    p: float
     p_holm: float
-    excludes_zero: bool
-    confidence: float
+
+    @property
+    def excludes_zero(self) -> bool:
+        """The (unadjusted) interval lies strictly above or strictly below 0."""
+        return self.low > 0 or self.high < 0
 
 
 def compare_to_baseline(
@@ -311,18 +308,6 @@ def compare_to_baseline(
         tests[name] = t_test(list(differences.values()), confidence=confidence)
     adjusted = holm_bonferroni([test.p for test in tests.values()])
     return {
-        name: PairedComparison(
-            method=name,
-            seeds=seeds[name],
-            n=test.n,
-            mean=test.mean,
-            std=test.std,
-            low=test.low,
-            high=test.high,
-            p=test.p,
-            p_holm=p_holm,
-            excludes_zero=test.low > 0 or test.high < 0,
-            confidence=confidence,
-        )
+        name: PairedComparison(**dataclasses.asdict(test), method=name, seeds=seeds[name], p_holm=p_holm)
         for (name, test), p_holm in zip(tests.items(), adjusted)
     }
