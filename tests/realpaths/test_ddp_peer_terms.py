@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -18,43 +17,8 @@ from msadkit.utils.checkpoint import save_atomic
 from msadkit.utils.run_folder import write_run_config
 from tests.conftest import tiny_training_overrides
 
-SCRIPT = textwrap.dedent(
-    """
-    import sys
-    from pathlib import Path
-
-    import lightning as L
-    import torch
-
-    from msadkit.config import load_config
-    from msadkit.engine.train.trainer import train
-
-    out = Path(sys.argv[1])
-
-
-    class DumpRank(L.Callback):
-        def on_train_end(self, trainer, pl_module):
-            wrapper = trainer.strategy.model
-            in_wrapper = {id(p) for p in wrapper.parameters()}
-            distiller = pl_module.model
-            torch.save(
-                {
-                    "wrapper": type(wrapper).__name__,
-                    "state": {k: v.detach().clone() for k, v in distiller.state_dict().items()},
-                    "teacher_params_in_wrapper": sum(id(p) in in_wrapper for p in distiller.teacher.parameters()),
-                    "trainable_outside_wrapper": [
-                        n for n, p in distiller.named_parameters() if p.requires_grad and id(p) not in in_wrapper
-                    ],
-                    "step": trainer.global_step,
-                },
-                out / f"rank{trainer.global_rank}.pt",
-            )
-
-
-    config = load_config(sys.argv[2], sys.argv[3:])
-    train(config, callbacks=[DumpRank()], evaluate=False)
-    """
-)
+# The same two-process script (it dumps each rank's distiller, step and wrapper membership).
+from tests.realpaths.test_ddp_distillation import SCRIPT
 
 # The student's FPN (16 channels) is narrower than the teacher's (32): every feature term trains
 # 1x1 adapters and CrossKD its channel adapters. The tiny heads have one tower conv, where CrossKD cuts.
