@@ -1,1 +1,1 @@
-"""The benchmark scripts; the effectiveness sweeps run as modules (``python -m benchmarks.<name>``)."""
+"""The benchmark scripts, each run as a module from the repository root: ``python -m benchmarks.<name>``."""

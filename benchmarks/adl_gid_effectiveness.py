@@ -8,11 +8,10 @@ Trains, from the packaged demo configs of one detector family (``--detector``, F
   ADL (``adl/fcos_adl_demo``), with ADL on labeled + pseudo-labeled images (``adl/fcos_sad_demo``),
   with GID (``gid/fcos_gid_demo``) and with GID + MSAD features (``gid/fcos_gid_msad_demo``),
 
-through ``msadkit.jobs``, ``--jobs`` single-threaded runs at a time. Every backbone starts from the
-``msadkit pretrain`` checkpoint of its width (``--pretrained auto``: 0.25 for the students, 0.5 for
-the teacher, made once in the msadkit cache by the first jobs), at LR ``--lr`` for all runs. A
-finished run is reused only when its recorded config (``job.json``) equals the one asked for; one
-trained with other settings stops the sweep with an error naming the differing keys.
+as jobs of :mod:`benchmarks.effectiveness` (``--jobs`` single-threaded runs at a time; how a finished
+run is reused). Every backbone starts from the ``msadkit pretrain`` checkpoint of its width
+(``--pretrained auto``: 0.25 for the students, 0.5 for the teacher, made once in the msadkit cache
+by the first jobs), at LR ``--lr`` for all runs.
 
 Then the COCO AP table: mean ± std over seeds, each method's gain over the baseline paired by seed
 (mean ± sample std, n-1, of the per-seed differences) and the verdict: PASS when the gain is >= 1.0
@@ -36,22 +35,29 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import mean_std
+from benchmarks.common import markdown_table, mean_std
 from benchmarks.effectiveness import (
-    add_sweep_arguments,
+    add_tuning_seed_argument,
+    apply_tuning_seed,
+    check_method_overrides,
     check_positive,
-    print_environment,
+    finished_runs,
+    job_name,
+    method_overrides,
+    metric_cells,
+    missing_pretrainings,
+    pretrain_job_name,
+    pretrained_per_role,
     read_eval,
-    report_failures,
-    results_body,
-    run_plan,
-    write_results,
+    run_folder,
+    run_sweep,
+    sweep_parser,
+    tuning_banner,
+    tuning_root,
 )
-from msadkit.errors import MsadkitError
 from msadkit.jobs import Job, command_job, msadkit_command, training_job
 
 HEADING = "## ADL and GID on the synthetic dataset"
@@ -59,7 +65,10 @@ TUNING_HEADING = HEADING + ": tuning runs"
 TEACHER = "teacher"
 PSEUDO_LABELS = "pseudo-labels"
 DEFAULT_TUNING_SEED = 100
-WIDTHS = {TEACHER: 0.5, "student": 0.25}  # slimmable widths of the teacher's and the students' backbones
+# Slimmable widths of the students' and the teacher's backbones, in the order --pretrained names their files.
+WIDTHS = {"student": 0.25, TEACHER: 0.5}
+# The teacher's pretraining first: the teacher, on the critical path, waits for it.
+PRETRAIN_ORDER = (TEACHER, "student")
 TARGET_GAIN, TARGET_STDS = 1.0, 2.0  # every method's paired AP gain over the baseline: >= 1 AP and >= 2 std
 LABELS = {
     "baseline": "student baseline (width 0.25)",
@@ -79,50 +88,17 @@ CONFIGS = {
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
-def students_root(args: argparse.Namespace) -> Path:
-    """Folder of the student runs: ``<out>/tuning`` for the tuning seed, else ``<out>``."""
-    return args.out / "tuning" if args.tuning_seed is not None else args.out
-
-
 def teacher_dir(args: argparse.Namespace) -> Path:
     return args.teacher if args.teacher is not None else args.out / TEACHER
 
 
 def student_dir(args: argparse.Namespace, method: str, seed: int) -> Path:
-    return students_root(args) / f"{method}_s{seed}"
+    """The run folder of a student, under :func:`tuning_root` (the teacher stays in its own)."""
+    return run_folder(tuning_root(args), method, seed)
 
 
 def pseudo_labels(args: argparse.Namespace) -> Path:
     return teacher_dir(args) / "pseudo_labels.json"
-
-
-def pretrained_weights(args: argparse.Namespace) -> dict[str, Path | None]:
-    """``{"teacher": path, "student": path}`` of the backbone checkpoints (None: random init).
-
-    ``auto`` names the cached ``msadkit pretrain`` file of each width (made by the sweep if missing);
-    one path is the students' checkpoint (the teacher's stays automatic); two are students', teacher's.
-    """
-    if args.pretrained == ["none"]:
-        return {TEACHER: None, "student": None}
-    from msadkit.engine.train.pretrain import PretrainSettings, cached_pretrained_path
-
-    auto = {role: cached_pretrained_path(PretrainSettings(width=width)) for role, width in WIDTHS.items()}
-    if args.pretrained == ["auto"]:
-        return auto
-    teacher = Path(args.pretrained[1]) if len(args.pretrained) > 1 else auto[TEACHER]
-    return {"student": Path(args.pretrained[0]), TEACHER: teacher}
-
-
-def automatic_roles(args: argparse.Namespace) -> list[str]:
-    """The roles whose checkpoint is the cached ``msadkit pretrain`` file (the sweep makes it if missing)."""
-    if args.pretrained == ["auto"]:
-        return [TEACHER, "student"]
-    return [TEACHER] if len(args.pretrained) == 1 and args.pretrained != ["none"] else []
-
-
-def method_overrides(args: argparse.Namespace, method: str) -> list[str]:
-    """The ``--set METHOD:KEY=VALUE`` overrides of one method (or of the teacher)."""
-    return [item.split(":", 1)[1] for item in args.set if item.split(":", 1)[0] == method]
 
 
 def schedule(iters: int) -> list[str]:
@@ -133,12 +109,6 @@ def schedule(iters: int) -> list[str]:
         f"solver.warmup_iters={max(1, iters // 6)}",
         f"trainer.checkpoint_period={iters}",
     ]
-
-
-def start_overrides(args: argparse.Namespace, role: str) -> list[str]:
-    """The backbone's pretrained checkpoint (if any) and the learning rate of ``role``'s runs."""
-    weights = pretrained_weights(args)[role]
-    return [*([f"model.backbone.weights={weights}"] if weights is not None else []), f"solver.base_lr={args.lr:g}"]
 
 
 def data_overrides(args: argparse.Namespace) -> list[str]:
@@ -156,9 +126,19 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     ]
 
 
+def run_overrides(args: argparse.Namespace, role: str, method: str, seed: int, iters: int,
+                  comparison: Sequence[str] = ()) -> list[str]:
+    """The config overrides of one run: seed, schedule, ``role``'s backbone start (its pretrained
+    checkpoint, if any) and LR, the data, what ``comparison`` adds (the teacher, the pseudo-labels),
+    then the overrides for every run and the ``--set`` ones of ``method``."""
+    weights = pretrained_per_role(args.pretrained, WIDTHS)[role]
+    start = [f"model.backbone.weights={weights}"] if weights is not None else []
+    return [f"trainer.seed={seed}", *schedule(iters), *start, f"solver.base_lr={args.lr:g}", *data_overrides(args),
+            *comparison, *args.overrides, *method_overrides(args, method)]
+
+
 def teacher_job(args: argparse.Namespace, needs: Sequence[str] = ()) -> Job:
-    overrides = ["trainer.seed=0", *schedule(args.teacher_iters), *start_overrides(args, TEACHER),
-                 *data_overrides(args), *args.overrides, *method_overrides(args, TEACHER)]
+    overrides = run_overrides(args, TEACHER, TEACHER, 0, args.teacher_iters)
     return training_job(TEACHER, CONFIGS[args.detector][TEACHER], teacher_dir(args), overrides, needs=needs)
 
 
@@ -171,32 +151,21 @@ def pseudo_label_job(args: argparse.Namespace) -> Job:
 
 
 def student_job(args: argparse.Namespace, method: str, seed: int, needs: Sequence[str] = ()) -> Job:
-    overrides = [f"trainer.seed={seed}", *schedule(args.iters), *start_overrides(args, "student"),
-                 *data_overrides(args)]
-    if method != "baseline":
-        overrides.append(f"distill.teacher={teacher_dir(args)}")
-    if method == "sad":
-        overrides.append(f"data.pseudo_labels_json={pseudo_labels(args)}")
-    overrides += [*args.overrides, *method_overrides(args, method)]
-    return training_job(f"{method} seed {seed}", CONFIGS[args.detector][method], student_dir(args, method, seed),
+    comparison = [f"distill.teacher={teacher_dir(args)}"] if method != "baseline" else []
+    comparison += [f"data.pseudo_labels_json={pseudo_labels(args)}"] if method == "sad" else []
+    overrides = run_overrides(args, "student", method, seed, args.iters, comparison)
+    return training_job(job_name(method, seed), CONFIGS[args.detector][method], student_dir(args, method, seed),
                         overrides, needs=needs)
 
 
 def plan(args: argparse.Namespace) -> list[Job]:
     """Every job in launch order: the missing pretrained checkpoints and the teacher (the critical
     path), the baselines (no teacher: they fill the other slot meanwhile), the pseudo-labels, the rest."""
-    pretrain: dict[str, list[str]] = {TEACHER: [], "student": []}
-    jobs: list[Job] = []
-    for role in automatic_roles(args):
-        path = pretrained_weights(args)[role]
-        if path.is_file() or (role == TEACHER and read_eval(teacher_dir(args))):
-            continue  # made before, or no longer needed by a finished teacher
-        name = f"pretrain width {WIDTHS[role]:g}"
-        # `msadkit pretrain`'s defaults are PretrainSettings(), so the file lands at the cached path.
-        jobs.append(command_job(name, msadkit_command("pretrain", "--width", f"{WIDTHS[role]:g}"),
-                                args.out / f"pretrain_w{WIDTHS[role]:g}", outputs=[path], log_name="pretrain.log"))
-        pretrain[role] = [name]
-    jobs += [teacher_job(args, pretrain[TEACHER])]
+    finished_teacher = [TEACHER] if read_eval(teacher_dir(args)) else []  # needs no pretraining any more
+    pretraining = missing_pretrainings(args.pretrained, WIDTHS, args.out, order=PRETRAIN_ORDER,
+                                       not_needed=finished_teacher)
+    pretrain = {role: [pretraining[role].name] if role in pretraining else [] for role in WIDTHS}
+    jobs = [*pretraining.values(), teacher_job(args, pretrain[TEACHER])]
     jobs += [student_job(args, "baseline", s, pretrain["student"]) for s in args.seeds if "baseline" in args.methods]
     if "sad" in args.methods:
         jobs.append(pseudo_label_job(args))
@@ -225,23 +194,14 @@ def paired_gain(baseline: dict[int, float], method: dict[int, float]) -> tuple[l
 def format_table(args: argparse.Namespace) -> str:
     """The AP table of the finished runs, a line of AP per seed and how the gain and target read."""
     tuning = args.tuning_seed is not None
-    lines = [f"**Tuning seed {args.tuning_seed}: for choosing the settings, not a reported result.**", ""]
-    lines = lines if tuning else []
-    lines += [
-        "| model | seeds | " + " | ".join(METRICS) + " | AP gain over baseline | target |",
-        "|---|---|" + "---|" * len(METRICS) + "---|---|",
-    ]
+    lines = tuning_banner(args) + [markdown_table(["model", "seeds", *METRICS, "AP gain over baseline", "target"], [])]
     teacher = read_eval(teacher_dir(args))
-    if teacher:
-        cells = [f"{teacher[m]:.1f}" if teacher[m] == teacher[m] else "n/a" for m in METRICS]
-        lines.append("| teacher (width 0.5, seed 0) | 1 | " + " | ".join(cells) + " | | |")
+    if teacher:  # one run: its values alone ("n/a" for NaN)
+        lines.append("| teacher (width 0.5, seed 0) | 1 | " + " | ".join(metric_cells({0: teacher}, METRICS)) + " | | |")
     baseline: dict[int, float] = {}
     per_seed = []
-    for method in args.methods:
-        rows = {s: row for s in args.seeds if (row := read_eval(student_dir(args, method, s)))}
-        if not rows:
-            continue
-        cells = [mean_std([row[m] for row in rows.values()]) for m in METRICS]
+    for method, rows in finished_runs(tuning_root(args), args.methods, args.seeds).items():
+        cells = metric_cells(rows, METRICS)
         gain = verdict = ""
         if method == "baseline":
             baseline = {s: row["AP"] for s, row in rows.items()}
@@ -263,7 +223,7 @@ def format_table(args: argparse.Namespace) -> str:
 
 
 def settings_line(args: argparse.Namespace) -> str:
-    weights = pretrained_weights(args)
+    weights = pretrained_per_role(args.pretrained, WIDTHS)
     start = (
         "random initialisation" if weights["student"] is None
         # File names only: the cache folder is a detail of the machine, not of the experiment.
@@ -280,13 +240,8 @@ def settings_line(args: argparse.Namespace) -> str:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_sweep_arguments(parser, out="runs/adl_gid_effectiveness",
-                        seeds_help="reported trainer.seed values of the students")
-    parser.add_argument("--tuning-seed", type=int, nargs="?", const=DEFAULT_TUNING_SEED, default=None,
-                        help=f"train only this student seed (alone: {DEFAULT_TUNING_SEED}) into <out>/tuning, "
-                        "to choose settings")
+    parser = sweep_parser(__doc__, out="runs/adl_gid_effectiveness", seeds_help="reported trainer.seed values of the students")
+    add_tuning_seed_argument(parser, DEFAULT_TUNING_SEED)
     parser.add_argument("--teacher", type=Path, default=None, help="teacher run folder; None: <out>/teacher")
     # FCOS: a freshly initialised RetinaNet spends ~150 demo iterations on the focal-loss plateau (0.1-0.4 AP
     # after 200 iterations at 128 px against 1.9 for FCOS), which leaves nothing to compare in a CPU-sized run.
@@ -310,10 +265,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--score-threshold", type=float, default=0.4, help="pseudo-label score threshold")
     args = parser.parse_args(argv)
     check_positive(parser, args, ("iters", "teacher_iters", "jobs", "threads"))
-    if args.tuning_seed is not None:
-        if args.tuning_seed in args.seeds:
-            parser.error(f"--tuning-seed {args.tuning_seed} is one of the reported --seeds {args.seeds}")
-        args.seeds = [args.tuning_seed]
+    apply_tuning_seed(parser, args)
     choice = args.pretrained
     if len(choice) > 2 or (len(choice) == 2 and {"auto", "none"} & set(choice)):
         parser.error(f"--pretrained takes auto, none, or one or two checkpoint files, got {' '.join(choice)} "
@@ -321,11 +273,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     for path in [] if choice in (["auto"], ["none"]) else choice:
         if not Path(path).is_file():
             parser.error(f"--pretrained: no such checkpoint file: {path}")
-    for item in args.set:
-        method, _, override = item.partition(":")
-        if method not in (TEACHER, *LABELS) or "=" not in override:
-            parser.error(f"--set takes METHOD:KEY=VALUE with METHOD one of {TEACHER}, {', '.join(LABELS)}; "
-                         f"got {item!r}")
+    check_method_overrides(parser, args, (TEACHER, *LABELS))
     if args.lr <= 0:
         parser.error(f"--lr must be positive, got {args.lr}")
     return args
@@ -333,25 +281,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    header = print_environment()
-    settings, root, start = settings_line(args), students_root(args), time.time()
-    print(f"runs: {root}; {settings}")
-    failed: list[str] = []
-    if not args.table_only:
-        root.mkdir(parents=True, exist_ok=True)
-        groups = {name: [name] for name in (f"pretrain width {w:g}" for w in WIDTHS.values())}
-        groups |= {method: [f"{method} seed {s}" for s in args.seeds] for method in args.methods}
-        try:
-            failed = run_plan(plan(args), args, log_folder=root, header=header, settings=settings, start=start,
-                              groups=groups)
-        except MsadkitError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
-    table = format_table(args)
-    print(f"\n{table}")
-    heading = TUNING_HEADING if args.tuning_seed is not None else HEADING
-    write_results(args.results, heading, results_body(root, table, header, "jobs"))
-    return report_failures(failed)
+    groups = {name: [name] for name in (pretrain_job_name(WIDTHS[role]) for role in PRETRAIN_ORDER)}
+    groups |= {method: [job_name(method, s) for s in args.seeds] for method in args.methods}
+    return run_sweep(
+        args, root=tuning_root(args), prepare=lambda: settings_line(args), plan=lambda: plan(args), groups=groups,
+        table=lambda: format_table(args), heading=TUNING_HEADING if args.tuning_seed is not None else HEADING,
+        unit="jobs",
+    )
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -22,16 +22,13 @@ import importlib.metadata
 import importlib.util
 import io
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_common_arguments, interleaved_times, median_ms, print_header, ratio_summary  # noqa: E402
-
-from msadkit.engine.evaluation.coco_evaluation import AP_KEYS, coco_evaluate  # noqa: E402
+from benchmarks.common import add_common_arguments, interleaved_times, median_ms, print_header, ratio_summary, timed_rounds
+from msadkit.engine.evaluation.coco_evaluation import AP_KEYS, coco_evaluate
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
 NUM_CATEGORIES = 80
@@ -116,8 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.images, args.detections = 50, 20
-        args.rounds = args.rounds or 2
-    rounds = args.rounds or 3
+    rounds = timed_rounds(args, 3)
     print_header("COCO evaluation: faster-coco-eval / pycocotools")
     versions = {"pycocotools": importlib.metadata.version("pycocotools")}
     have_faster = importlib.util.find_spec("faster_coco_eval") is not None

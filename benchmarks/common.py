@@ -1,8 +1,11 @@
-"""Shared helpers of the benchmark scripts: interleaved timing, medians, environment header.
+"""Shared helpers of the benchmark scripts: options, interleaved timing, medians, environment header.
 
 Every comparison is taken in one process run: the contenders alternate inside each round (the
 order flips from round to round), so load from other processes on a shared machine hits both
 alike, and the reported figure is the median over rounds of the per-round ratio.
+
+The scripts are modules of the ``benchmarks`` package: run them from the repository root as
+``python -m benchmarks.<name>`` (the header's command line is shown in that form).
 """
 
 from __future__ import annotations
@@ -16,18 +19,23 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
 __all__ = [
     "add_common_arguments",
+    "timed_rounds",
     "apply_threads",
+    "start_benchmark",
     "environment_lines",
+    "print_environment",
     "interleaved_times",
     "median_ms",
     "mean_std",
     "ratio_summary",
+    "target_verdict",
+    "markdown_table",
     "print_header",
     "synthetic_boxes",
     "replace_markdown_section",
@@ -47,6 +55,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch intra-op threads; None: torch's own choice"
     )
+
+
+def timed_rounds(args: argparse.Namespace, default: int) -> int:
+    """Timed rounds per contender: ``--rounds`` when given, else 2 with ``--quick`` (a check that the
+    script runs), else the script's own ``default``."""
+    return args.rounds or (2 if args.quick else default)
 
 
 def apply_threads(threads: int | None) -> None:
@@ -100,12 +114,28 @@ def _command_line() -> str:
     return " ".join([*allocator, "python", *program, *sys.argv[1:]])
 
 
+def print_environment() -> list[str]:
+    """Print and return :func:`environment_lines` (a sweep also records them in its sweep log)."""
+    header = environment_lines()
+    for line in header:
+        print(line, flush=True)
+    return header
+
+
 def print_header(title: str) -> None:
     """Print the benchmark's title and :func:`environment_lines`."""
     print(f"== {title}")
     for line in environment_lines():
         print(f"   {line}")
     sys.stdout.flush()
+
+
+def start_benchmark(title: str, threads: int | None) -> None:
+    """Apply ``threads`` (:func:`apply_threads`), then print the title and environment
+    (:func:`print_header`): in this order, so that the header's torch thread count is the one the
+    timings run with."""
+    apply_threads(threads)
+    print_header(title)
 
 
 def interleaved_times(
@@ -160,6 +190,20 @@ def ratio_summary(times: Mapping[str, Sequence[float]], numerator: str, denomina
     """``(median of per-round ratios, ratio of medians)`` of ``numerator / denominator``."""
     per_round = [a / b for a, b in zip(times[numerator], times[denominator])]
     return statistics.median(per_round), statistics.median(times[numerator]) / statistics.median(times[denominator])
+
+
+def target_verdict(ratio: float, target: float) -> str:
+    """``"meets the target <= 0.8"`` or ``"misses the target <= 0.8"``: every timing target bounds a
+    ratio from above (the contender under test over its reference)."""
+    return f"{'meets' if ratio <= target else 'misses'} the target <= {target}"
+
+
+def markdown_table(columns: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table: the header row of ``columns``, its ``|---|`` line, then one line per row,
+    each cell as ``str`` gives it (format numbers before)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def synthetic_boxes(

@@ -11,26 +11,22 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
-    apply_threads,
     interleaved_times,
+    markdown_table,
     median_ms,
-    print_header,
     ratio_summary,
+    start_benchmark,
     synthetic_boxes,
 )
-
-from msadkit.config import load_config  # noqa: E402
-from msadkit.engine.train.compile import compile_trained_model  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
+from msadkit.config import load_config
+from msadkit.engine.train.compile import compile_trained_model
+from msadkit.modeling.registry import build_model
 
 CONFIGS = {"fcos": "fcos_demo", "retinanet": "retinanet_demo", "msad_teacher": "msad/msad_teacher_demo"}
 
@@ -57,8 +53,8 @@ def main() -> None:
     args = parser.parse_args()
     batch, size = (1, 256) if args.quick else (args.batch, args.size)
     rounds = 2 if args.quick else (args.rounds or 7)
-    apply_threads(args.threads)
-    print_header(f"training step on CPU: eager vs torch.compile ({args.arch}, demo config, {batch} x 3 x {size} x {size})")
+    start_benchmark(f"training step on CPU: eager vs torch.compile ({args.arch}, demo config, {batch} x 3 x {size} x {size})",
+                    args.threads)
 
     torch.manual_seed(0)
     eager = build_model(load_config(CONFIGS[args.arch], [])).train()
@@ -74,8 +70,8 @@ def main() -> None:
     print(f"   first compiled step (includes compilation): {time.perf_counter() - start:.1f} s")
     times = interleaved_times(steps, rounds=rounds, warmup=args.warmup)
     ratio, ratio_of_medians = ratio_summary(times, "compiled", "eager")
-    print(f"\n| step | median |\n|---|---|\n| eager | {median_ms(times['eager']):.0f} ms |"
-          f"\n| compiled | {median_ms(times['compiled']):.0f} ms |")
+    medians = [(name, f"{median_ms(times[name]):.0f} ms") for name in ("eager", "compiled")]
+    print("\n" + markdown_table(["step", "median"], medians))
     print(f"RATIO compiled / eager step = {ratio:.3f} (ratio of medians {ratio_of_medians:.3f})")
 
 

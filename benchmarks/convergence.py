@@ -14,7 +14,7 @@ curve ("not yet" when the last step still gains more), over the whole run and ov
 evaluations up to the decay (a curve that flattens only after the decay had not converged). Runs that finished before (an ``eval.json`` in
 their folder) are reused, so ``--table-only`` reprints the table.
 
-    MSADKIT_CACHE=<cache folder> python benchmarks/convergence.py --out runs/convergence \\
+    MSADKIT_CACHE=<cache folder> python -m benchmarks.convergence --out runs/convergence \\
         --iters 600 --eval-period 100 --lrs 0.01 0.02 --init scratch pretrained
 """
 
@@ -27,8 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines  # noqa: E402
+from benchmarks.common import print_environment
 
 CONFIGS = {"high": "msad/fcos_high_demo", "low": "msad/fcos_low_demo"}
 
@@ -167,8 +166,7 @@ def main() -> int:
     if args.eval_period < 1 or args.eval_period > args.iters:
         parser.error(f"--eval-period must be between 1 and --iters ({args.iters}), got {args.eval_period}")
 
-    for line in environment_lines():
-        print(line, flush=True)
+    print_environment()
     if "pretrained" in args.init and args.pretrained is None and not args.table_only:
         from msadkit.engine.train.pretrain import cached_pretrained_backbone
 

@@ -29,7 +29,6 @@ import json
 import math
 import random
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -39,10 +38,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_common_arguments, apply_threads, interleaved_times, print_header  # noqa: E402
-
-from msadkit.data import CocoDetectionDataset, build_transforms  # noqa: E402
+from benchmarks.common import add_common_arguments, interleaved_times, markdown_table, start_benchmark
+from msadkit.data import CocoDetectionDataset, build_transforms
 
 # The most frequent COCO train2017 resolutions (w, h); most images have a 640-pixel long side.
 COCO_SIZES = [(640, 480), (640, 427), (480, 640), (640, 426), (640, 424), (427, 640), (500, 375), (640, 512)]
@@ -138,8 +135,8 @@ def main() -> None:
     args = parser.parse_args()
     count = 6 if args.quick else args.images
     rounds = 2 if args.quick else (args.rounds or 5)
-    apply_threads(1 if args.threads is None else args.threads)
-    print_header("data loader: images/s per worker at COCO sizes (uint8 path vs torchvision v2)")
+    start_benchmark("data loader: images/s per worker at COCO sizes (uint8 path vs torchvision v2)",
+                    1 if args.threads is None else args.threads)
 
     with tempfile.TemporaryDirectory(prefix="msadkit-loader-bench-") as folder:
         paths = write_coco_like_images(Path(folder), count)
@@ -162,10 +159,8 @@ def main() -> None:
 
     rate = {name: count / statistics.median(values) for name, values in times.items()}
     per_round = [a / b for a, b in zip(times["torchvision"], times["msadkit"])]
-    print("\n| pipeline | images/s per worker (median) | MB per sample to the main process |")
-    print("|---|---|---|")
-    for name in contenders:
-        print(f"| {name} | {rate[name]:.1f} | {nbytes[name] / 2**20:.2f} |")
+    columns = ["pipeline", "images/s per worker (median)", "MB per sample to the main process"]
+    print("\n" + markdown_table(columns, [[name, f"{rate[name]:.1f}", f"{nbytes[name] / 2**20:.2f}"] for name in contenders]))
     workers = math.ceil(GPUS * IMAGES_PER_GPU / rate["msadkit"])
     speedup = statistics.median(per_round)
     print(f"\nRATIO msadkit / torchvision images per second per worker = {speedup:.3f} (target >= 1)")

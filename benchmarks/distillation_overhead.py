@@ -20,28 +20,27 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
-    apply_threads,
     interleaved_times,
+    markdown_table,
     median_ms,
-    print_header,
+    start_benchmark,
     synthetic_boxes,
+    target_verdict,
+    timed_rounds,
 )
-
-from msadkit.config import load_config  # noqa: E402
-from msadkit.distill.distiller import Distiller  # noqa: E402
-from msadkit.engine.train.trainer import build_training_model  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
-from msadkit.utils.checkpoint import save_atomic  # noqa: E402
+from msadkit.config import load_config
+from msadkit.distill.distiller import Distiller
+from msadkit.engine.train.trainer import build_training_model
+from msadkit.modeling.registry import build_model
+from msadkit.utils.checkpoint import save_atomic
 
 TARGET_RATIO = 1.10
 # method -> (teacher config, student config), all packaged demos.
@@ -137,27 +136,23 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.batch, args.size = 1, 256
-        args.rounds = args.rounds or 2
-    rounds = args.rounds or 5
-    apply_threads(args.threads)
-    print_header("Distillation step overhead: distiller / (student step + teacher no-grad forward)")
+    rounds = timed_rounds(args, 5)
+    start_benchmark("Distillation step overhead: distiller / (student step + teacher no-grad forward)", args.threads)
     with tempfile.TemporaryDirectory() as folder:
         rows = [
             measure(method, Path(folder), batch=args.batch, size=args.size, rounds=rounds, warmup=args.warmup)
             for method in args.methods
         ]
-    print("| method | distiller step ms | student step ms | teacher forward ms | distiller / (student + teacher) |")
-    print("|---|---|---|---|---|")
+    columns = ["method", "distiller step ms", "student step ms", "teacher forward ms", "distiller / (student + teacher)"]
+    print(markdown_table(columns, [
+        [row["method"], f"{row['distiller_ms']:.0f}", f"{row['student_ms']:.0f}", f"{row['teacher_ms']:.0f}",
+         f"{row['ratio']:.3f}"]
+        for row in rows
+    ]))
     for row in rows:
-        print(
-            f"| {row['method']} | {row['distiller_ms']:.0f} | {row['student_ms']:.0f} | {row['teacher_ms']:.0f} | "
-            f"{row['ratio']:.3f} |"
-        )
-    for row in rows:
-        verdict = "meets" if row["ratio"] <= TARGET_RATIO else "misses"
         print(
             f"RATIO {row['method']} distiller/(student+teacher) = {row['ratio']:.3f} "
-            f"(median of per-round ratios; {verdict} the target <= {TARGET_RATIO})"
+            f"(median of per-round ratios; {target_verdict(row['ratio'], TARGET_RATIO)})"
         )
 
 

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -33,22 +31,21 @@ from torchvision.models.detection import fcos_resnet50_fpn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBN
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+import msadkit.modeling.detectors.fcos as fcos_module
+from benchmarks.common import (
     add_common_arguments,
-    apply_threads,
     interleaved_times,
     median_ms,
-    print_header,
     ratio_summary,
+    start_benchmark,
     synthetic_boxes,
+    target_verdict,
+    timed_rounds,
 )
-
-import msadkit.modeling.detectors.fcos as fcos_module  # noqa: E402
-from msadkit.config import load_config  # noqa: E402
-from msadkit.modeling.detectors.fcos_losses import fcos_losses  # noqa: E402
-from msadkit.modeling.detectors.fcos_targets import assign_fcos_targets, compute_locations  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
+from msadkit.config import load_config
+from msadkit.modeling.detectors.fcos_losses import fcos_losses
+from msadkit.modeling.detectors.fcos_targets import assign_fcos_targets, compute_locations
+from msadkit.modeling.registry import build_model
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -244,13 +241,11 @@ def main() -> None:
     parser.add_argument("--loss-boxes", type=int, default=20, help="boxes per image in the loss comparison")
     args = parser.parse_args()
     if args.quick:
-        args.batch, args.size, args.rounds = 1, 256, args.rounds or 2
-        args.loss_size = (2, 256, 384)
-    rounds = args.rounds or 7
+        args.batch, args.size, args.loss_size = 1, 256, (2, 256, 384)
+    rounds = timed_rounds(args, 7)
     if args.size % 128:
         parser.error("--size must be a multiple of 128 so that no padding differs between the two")
-    apply_threads(args.threads)
-    print_header("FCOS training step: msadkit / torchvision")
+    start_benchmark("FCOS training step: msadkit / torchvision", args.threads)
 
     torch.manual_seed(0)
     ours = build_ours(args.num_classes, args.backbone)
@@ -288,8 +283,8 @@ def main() -> None:
         f"median step: msadkit {median_ms(times['msadkit']):.0f} ms, torchvision {median_ms(times['torchvision']):.0f} ms "
         f"over {rounds} interleaved rounds; ratio of medians {of_medians:.3f}"
     )
-    verdict = "meets" if per_round <= TARGET_RATIO else "misses"
-    print(f"RATIO msadkit/torchvision step = {per_round:.3f} (median of per-round ratios; {verdict} the target <= {TARGET_RATIO})")
+    verdict = target_verdict(per_round, TARGET_RATIO)
+    print(f"RATIO msadkit/torchvision step = {per_round:.3f} (median of per-round ratios; {verdict})")
 
 
 if __name__ == "__main__":

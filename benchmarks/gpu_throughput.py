@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -30,14 +29,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import environment_lines, synthetic_boxes  # noqa: E402
-
-from msadkit.config import load_config  # noqa: E402
-from msadkit.distill.distiller import Distiller  # noqa: E402
-from msadkit.distill.msad import MSADFeatureLoss  # noqa: E402
-from msadkit.engine.train.compile import compile_trained_model  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
+from benchmarks.common import environment_lines, markdown_table, synthetic_boxes
+from msadkit.config import load_config
+from msadkit.distill.distiller import Distiller
+from msadkit.distill.msad import MSADFeatureLoss
+from msadkit.engine.train.compile import compile_trained_model
+from msadkit.modeling.registry import build_model
 
 MODES = ("fp32", "bf16", "bf16_cl", "bf16_cl_compile")
 # Random init, no checkpoint files: BN instead of SyncBN (one process), no ImageNet weights.
@@ -152,6 +149,13 @@ def eval_rows(width: float, args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def table_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    """``row[key]`` formatted, else "-"; a row that ran out of memory shows its error under img/s."""
+    if row.get(key) is not None:
+        return format(row[key], fmt)
+    return row.get("error", "-") if key == "img_per_s" else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cuda")
@@ -191,13 +195,12 @@ def main() -> None:
             continue
         rows.extend(eval_rows(width, args))
 
-    print("\n| model | width | batch | mode | input | img/s | step ms | peak GiB | eval latency ms |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        def cell(key: str, fmt: str) -> str:
-            return format(r[key], fmt) if r.get(key) is not None else r.get("error", "-") if key == "img_per_s" else "-"
-        print(f"| {r['model']} | {r['width']} | {r['batch']} | {r['mode']} | {r.get('input', '-')} | {cell('img_per_s', '.1f')} "
-              f"| {cell('step_ms', '.0f')} | {cell('peak_gib', '.2f')} | {cell('latency_ms', '.1f')} |")
+    columns = ["model", "width", "batch", "mode", "input", "img/s", "step ms", "peak GiB", "eval latency ms"]
+    numbers = [("img_per_s", ".1f"), ("step_ms", ".0f"), ("peak_gib", ".2f"), ("latency_ms", ".1f")]
+    print("\n" + markdown_table(columns, [
+        [r["model"], r["width"], r["batch"], r["mode"], r.get("input", "-"), *(table_cell(r, k, f) for k, f in numbers)]
+        for r in rows
+    ]))
     if skipped:
         print(f"skipped (time budget {args.budget_s:.0f} s): {', '.join(skipped)}")
     print(f"total {time.perf_counter() - started:.0f} s")

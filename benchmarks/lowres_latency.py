@@ -15,25 +15,23 @@ median over rounds of the per-round ratio low / high.
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from benchmarks.common import (
     add_common_arguments,
-    apply_threads,
     interleaved_times,
+    markdown_table,
     median_ms,
-    print_header,
     ratio_summary,
+    start_benchmark,
+    target_verdict,
+    timed_rounds,
 )
-
-from msadkit.analysis.model_flops import config_flops  # noqa: E402
-from msadkit.config import load_config  # noqa: E402
-from msadkit.modeling.registry import build_model  # noqa: E402
+from msadkit.analysis.model_flops import config_flops
+from msadkit.config import load_config
+from msadkit.modeling.registry import build_model
 
 TARGET_RATIO = 0.35
 
@@ -102,12 +100,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.size, args.widths, args.batches = 256, [0.25], [1]
-        args.rounds = args.rounds or 2
-    rounds = args.rounds or 5
+    rounds = timed_rounds(args, 5)
     if args.size % 256:
         parser.error("--size must be a multiple of 256 so that both resolutions need no extra padding")
-    apply_threads(args.threads)
-    print_header("FCOS inference latency: low resolution / high resolution")
+    start_benchmark("FCOS inference latency: low resolution / high resolution", args.threads)
     config = load_config("fcos_demo")
     print(
         f"   fcos_demo: FPN {config['model']['fpn']['out_channels']} channels, K={config['model']['num_classes']}, "
@@ -119,19 +115,18 @@ def main() -> None:
         for width in args.widths
         for batch in args.batches
     ]
-    print("| width | batch | high ms | low ms | low/high | backbone FLOPs low/high | model FLOPs low/high | detections high/low |")
-    print("|---|---|---|---|---|---|---|---|")
+    columns = ["width", "batch", "high ms", "low ms", "low/high", "backbone FLOPs low/high", "model FLOPs low/high",
+               "detections high/low"]
+    print(markdown_table(columns, [
+        [row["width"], row["batch"], f"{row['high_ms']:.0f}", f"{row['low_ms']:.0f}", f"{row['ratio']:.3f}",
+         f"{row['backbone_flop_ratio']:.3f}", f"{row['total_flop_ratio']:.3f}",
+         f"{row['detections']['high']}/{row['detections']['low']}"]
+        for row in rows
+    ]))
     for row in rows:
-        print(
-            f"| {row['width']} | {row['batch']} | {row['high_ms']:.0f} | {row['low_ms']:.0f} | {row['ratio']:.3f} | "
-            f"{row['backbone_flop_ratio']:.3f} | {row['total_flop_ratio']:.3f} | "
-            f"{row['detections']['high']}/{row['detections']['low']} |"
-        )
-    for row in rows:
-        verdict = "meets" if row["ratio"] <= TARGET_RATIO else "misses"
         print(
             f"RATIO low/high latency (width {row['width']}, batch {row['batch']}) = {row['ratio']:.3f} "
-            f"({verdict} the target <= {TARGET_RATIO}; backbone FLOP bound {row['backbone_flop_ratio']:.3f}, "
+            f"({target_verdict(row['ratio'], TARGET_RATIO)}; backbone FLOP bound {row['backbone_flop_ratio']:.3f}, "
             f"whole-model FLOP bound {row['total_flop_ratio']:.3f})"
         )
 

@@ -17,12 +17,11 @@ MSAD demo configs:
 
 Every run starts its backbone from ``--pretrained`` (the cached ``msadkit pretrain`` checkpoint by
 default, made once before the sweep) at ``solver.base_lr=--lr``; ``msadkit train --iterations`` sets
-its length (warm-up and LR steps scale with it). The runs go through ``msadkit.jobs``: ``--jobs`` at a
-time with ``--threads`` torch threads each, a student after its seed's teacher; a finished run is
-reused only when its recorded config equals the one asked for (else the sweep stops, naming the
-differing keys), an interrupted one resumes. Then it prints the COCO AP table (mean ± sample std over
-seeds) and the issue's targets, per seed and on the mean, marked PASS or MISSED; ``--results``
-writes them under ``## MSAD effectiveness on the synthetic dataset``; ``--table-only`` reprints them.
+its length (warm-up and LR steps scale with it). The runs are jobs of :mod:`benchmarks.effectiveness`
+(``--jobs`` at a time, a student after its seed's teacher; how a finished run is reused, how an
+interrupted one resumes). Then it prints the COCO AP table (mean ± sample std over seeds) and the
+issue's targets, per seed and on the mean, marked PASS or MISSED; ``--results`` writes them under
+``## MSAD effectiveness on the synthetic dataset``; ``--table-only`` reprints them.
 
     MSADKIT_CACHE=<cache folder> python -m benchmarks.msad_effectiveness --out runs/msad_effectiveness \\
         --results benchmarks/RESULTS.md
@@ -33,28 +32,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import NamedTuple
 
-from benchmarks.common import mean_std
+from benchmarks.common import markdown_table
 from benchmarks.effectiveness import (
     TargetCheck,
-    add_sweep_arguments,
+    add_pretrained_argument,
     check_positive,
-    finite,
+    finished_runs,
+    job_name,
+    mean_ap,
+    metric_cells,
     per_seed,
-    print_environment,
-    read_eval,
-    report_failures,
     resolve_pretrained,
-    results_body,
-    run_plan,
+    run_folder,
+    run_sweep,
     seeds_text,
+    sweep_parser,
     trained_lengths,
-    write_results,
 )
-from msadkit.errors import MsadkitError
 from msadkit.jobs import Job, training_job
 
 HEADING = "## MSAD effectiveness on the synthetic dataset"
@@ -95,14 +92,6 @@ MODELS = {  # in the order of the table
 PRIORITY = (TEACHER, "fcos_high", "fcos_low_matched", "msad_student", "msad_student_no_kd", "fcos_low")
 
 
-def run_dir(out: Path, method: str, seed: int) -> Path:
-    return out / f"{method}_s{seed}"
-
-
-def job_name(method: str, seed: int) -> str:
-    return f"{method} seed {seed}"
-
-
 def iterations(args: argparse.Namespace, method: str) -> int:
     length = MODELS[method].length
     return {"teacher": args.teacher_iters, "student": args.iters, "matched": args.teacher_iters + args.iters}[length]
@@ -124,7 +113,7 @@ def overrides(args: argparse.Namespace, method: str, seed: int) -> list[str]:
     values += list(args.overrides)
     # What defines the comparison comes last, so no override for every run can change it.
     if MODELS[method].from_teacher:
-        values.append(f"distill.teacher={run_dir(args.out, TEACHER, seed)}")
+        values.append(f"distill.teacher={run_folder(args.out, TEACHER, seed)}")
     if method == "msad_student" and args.kd_weight is not None:
         term = f"{{type: msad_feature, weight: {args.kd_weight}, ramp_iters: {args.ramp_iters}}}"
         values.append(f"distill.losses=[{term}]")
@@ -137,7 +126,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
     """One ``msadkit train`` job per (model, seed), in launch order; a student needs its seed's teacher."""
     return [
         training_job(
-            job_name(method, seed), MODELS[method].config, run_dir(args.out, method, seed),
+            job_name(method, seed), MODELS[method].config, run_folder(args.out, method, seed),
             overrides(args, method, seed), iterations=iterations(args, method),
             needs=[job_name(TEACHER, seed)] if MODELS[method].from_teacher else [],
         )
@@ -147,8 +136,7 @@ def plan(args: argparse.Namespace) -> list[Job]:
 
 def results(out: Path, seeds: list[int]) -> dict[str, dict[int, dict[str, float]]]:
     """model -> seed -> the run's ``eval.json``, for the finished runs."""
-    table = {method: {s: read_eval(run_dir(out, method, s)) for s in seeds} for method in MODELS}
-    return {method: {s: row for s, row in rows.items() if row} for method, rows in table.items() if any(rows.values())}
+    return finished_runs(out, list(MODELS), seeds)
 
 
 def resolution_gap(table) -> TargetCheck:
@@ -218,18 +206,14 @@ def format_table(table: dict, lengths: dict[str, str] | None = None) -> str:
     """
     table = {m: dict(enumerate(rows)) if isinstance(rows, list) else rows for m, rows in table.items()}
     lengths = lengths or {}
-    lines = ["| model | iterations | seeds | " + " | ".join(METRICS) + " |", "|---|---|---|" + "---|" * len(METRICS)]
-    for method, rows in table.items():
-        means = [mean_std([row[m] for row in rows.values()]) for m in METRICS]
-        cells = [lengths.get(method, ""), str(len(rows)), *means]
-        lines.append(f"| {MODELS[method].label} | " + " | ".join(cells) + " |")
-    lines += ["", "AP per seed:"]
+    cells = [[MODELS[m].label, lengths.get(m, ""), len(rows), *metric_cells(rows, METRICS)] for m, rows in table.items()]
+    lines = [markdown_table(["model", "iterations", "seeds", *METRICS], cells), "", "AP per seed:"]
     for method, rows in table.items():
         lines.append(f"- {method}: " + ", ".join(f"seed {s} {row['AP']:.1f}" for s, row in rows.items()))
     lines += ["", "Targets (per seed, then the mean and sample standard deviation over seeds; verdicts on the mean):"]
     lines += [check.line() for check in target_checks(table)]
     if {"fcos_high", "fcos_low", "msad_student"} <= set(table):
-        mean = {m: _mean_ap(table[m]) for m in ("fcos_high", "fcos_low", "msad_student")}
+        mean = {m: mean_ap(table[m]) for m in ("fcos_high", "fcos_low", "msad_student")}
         gap, gained = mean["fcos_high"] - mean["fcos_low"], mean["msad_student"] - mean["fcos_low"]
         # With no gap (or NaN APs) there is no share to report.
         closed = f"{gained / gap:.0%}" if gap and gap == gap else "n/a"
@@ -237,58 +221,42 @@ def format_table(table: dict, lengths: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def _mean_ap(rows: dict[int, dict[str, float]]) -> float:
-    values = [row["AP"] for row in rows.values() if finite(row["AP"])]
-    return statistics.mean(values) if values else float("nan")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
-    )
-    add_sweep_arguments(parser, out="runs/msad_effectiveness")
+    parser = sweep_parser(__doc__, out="runs/msad_effectiveness")
     parser.add_argument("--teacher-iters", type=int, default=450, help="iterations of the teacher and high-res runs")
     parser.add_argument("--iters", type=int, default=450,
                         help="iterations of the students and the low-res baseline (the demo: 450, like the teacher)")
-    parser.add_argument(
-        "--pretrained", default="auto",
-        help="backbone checkpoint of every run: a file, 'auto' (the cached `msadkit pretrain` default, made "
-        "first if missing) or 'none' (random initialisation)",
-    )
+    add_pretrained_argument(parser)
     parser.add_argument("--kd-weight", type=float, default=None, help="msad_feature weight; None keeps the config's")
     parser.add_argument("--ramp-iters", type=int, default=50, help="KD ramp when --kd-weight is given")
     return parser
+
+
+def prepare(args: argparse.Namespace) -> str:
+    """Resolve ``--pretrained`` into ``args.pretrained`` (training the default checkpoint when it is
+    missing) and return the settings line of the sweep log."""
+    args.pretrained, origin = resolve_pretrained(args.pretrained, args.table_only)
+    return (
+        f"teacher and high-res {args.teacher_iters} iterations, students and low-res {args.iters}, step-matched "
+        f"low-res {args.teacher_iters + args.iters}; LR {args.lr}; {origin}; seeds {args.seeds}; "
+        f"{args.jobs} runs at a time with {args.threads} thread(s) each"
+        + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "")
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_positive(parser, args, ("teacher_iters", "iters", "jobs", "threads"))
-    header = print_environment()
-    start = time.time()  # the wall time includes a pretraining made for the sweep
-    failed: list[str] = []
-    try:
-        args.pretrained, origin = resolve_pretrained(args.pretrained, args.table_only)
-        settings = (
-            f"teacher and high-res {args.teacher_iters} iterations, students and low-res {args.iters}, step-matched "
-            f"low-res {args.teacher_iters + args.iters}; LR {args.lr}; {origin}; seeds {args.seeds}; "
-            f"{args.jobs} runs at a time with {args.threads} thread(s) each"
-            + (f"; overrides {' '.join(args.overrides)}" if args.overrides else "")
-        )
-        print(f"runs: {args.out}; {settings}", flush=True)
-        if not args.table_only:
-            args.out.mkdir(parents=True, exist_ok=True)
-            groups = {method: [job_name(method, s) for s in args.seeds] for method in PRIORITY}
-            failed = run_plan(plan(args), args, log_folder=args.out, header=header, settings=settings, start=start,
-                              groups=groups)
-    except MsadkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    lengths = {method: trained_lengths([run_dir(args.out, method, s) for s in args.seeds]) for method in MODELS}
-    table = format_table(results(args.out, args.seeds), lengths)
-    print(f"\n{table}")
-    write_results(args.results, HEADING, results_body(args.out, table, header, "runs"))
-    return report_failures(failed)
+
+    def table() -> str:
+        lengths = {method: trained_lengths([run_folder(args.out, method, s) for s in args.seeds]) for method in MODELS}
+        return format_table(results(args.out, args.seeds), lengths)
+
+    return run_sweep(
+        args, root=args.out, prepare=lambda: prepare(args), plan=lambda: plan(args), table=table, heading=HEADING,
+        groups={method: [job_name(method, s) for s in args.seeds] for method in PRIORITY}, unit="runs",
+    )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ the mean time spent inside the divergence hook per iteration of the checked runs
 directly, one divergence check with its pass over the parameters, one lock acquire + release, and
 one training sample drawn with and without the per-sample seeding of the exact-resume loader.
 
-    python benchmarks/run_health_overhead.py --rounds 5 --iters 30 --threads 1
+    python -m benchmarks.run_health_overhead --rounds 5 --iters 30 --threads 1
 """
 
 from __future__ import annotations
@@ -28,16 +28,14 @@ from pathlib import Path
 
 import lightning as L
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_common_arguments, apply_threads, print_header  # noqa: E402
-
-import msadkit.engine.train.trainer as trainer_module  # noqa: E402
-from msadkit.config import load_config  # noqa: E402
-from msadkit.data.build import build_dataset  # noqa: E402
-from msadkit.data.resumable_loader import SampleKey, SeededSamples  # noqa: E402
-from msadkit.engine.train.trainer import build_training_model  # noqa: E402
-from msadkit.engine.train.training_health import TrainingHealth, largest_parameter  # noqa: E402
-from msadkit.utils.run_lock import RunLock  # noqa: E402
+import msadkit.engine.train.trainer as trainer_module
+from benchmarks.common import add_common_arguments, start_benchmark, timed_rounds
+from msadkit.config import load_config
+from msadkit.data.build import build_dataset
+from msadkit.data.resumable_loader import SampleKey, SeededSamples
+from msadkit.engine.train.trainer import build_training_model
+from msadkit.engine.train.training_health import TrainingHealth, largest_parameter
+from msadkit.utils.run_lock import RunLock
 
 TINY = [
     "model.fpn.out_channels=32",
@@ -165,9 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.iters, args.skip = 6, 2
-    rounds = args.rounds or (2 if args.quick else 5)
-    apply_threads(args.threads)
-    print_header("Run lock and divergence checks: time per training iteration")
+    rounds = timed_rounds(args, 5)
+    start_benchmark("Run lock and divergence checks: time per training iteration", args.threads)
     with tempfile.TemporaryDirectory(prefix="msadkit-health-") as tmp:
         root = Path(tmp)
         results: dict[str, list[tuple[float, float, float]]] = {"checked": [], "unchecked": []}

@@ -18,19 +18,10 @@ from msadkit.notebook.live import LiveLossCurves, TrainingStopped, read_history
 from msadkit.notebook.paths import MissingRunError, notebook_run_folder, notebook_search_folders, runs_hint
 from msadkit.notebook.training import notebook_config, run_state, train_or_reuse
 from msadkit.utils.run_folder import last_checkpoint
+from tests.tiny_runs import tiny_notebook_overrides
 
-TINY = [
-    "data.synthetic.num_train=4",
-    "data.synthetic.num_val=2",
-    "data.synthetic.image_size=64",
-    "data.train_short_sides=[64]",
-    "data.train_max_size=64",
-    "data.test_short_side=64",
-    "data.test_max_size=64",
+TINY = tiny_notebook_overrides(num_train=4, num_val=2) + [
     "data.num_workers=0",
-    "solver.batch_size=2",
-    "model.fpn.out_channels=32",
-    "model.fcos.num_convs=1",
     "trainer.log_period=1",
     "trainer.checkpoint_period=1000",
 ]

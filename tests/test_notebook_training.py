@@ -22,20 +22,9 @@ from msadkit.notebook.training import (
     run_state,
     train_or_reuse,
 )
+from tests.tiny_runs import tiny_notebook_overrides
 
-TINY_FCOS = [
-    "data.synthetic.num_train=4",
-    "data.synthetic.num_val=2",
-    "data.synthetic.image_size=64",
-    "data.train_short_sides=[64]",
-    "data.train_max_size=64",
-    "data.test_short_side=64",
-    "data.test_max_size=64",
-    "solver.batch_size=2",
-    "model.fpn.out_channels=32",
-    "model.fcos.num_convs=1",
-    "trainer.log_period=1",
-]
+TINY_FCOS = tiny_notebook_overrides(num_train=4, num_val=2) + ["trainer.log_period=1"]
 
 
 def test_iterations_rescale_the_schedule_and_label_it(tmp_path):

@@ -25,7 +25,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from msadkit.engine.evaluation.coco_evaluation import check_results, make_coco, read_gt_json
+from msadkit.engine.evaluation.coco_evaluation import check_results, make_coco_pair, read_gt_json
 
 __all__ = ["PerImageEvaluation", "evaluate_per_image", "resample_counts"]
 
@@ -264,14 +264,7 @@ def evaluate_per_image(gt_json: str | os.PathLike, results: list[dict]) -> PerIm
     dataset = read_gt_json(path)
     check_results(results, dataset, path)
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = make_coco(COCO, dataset)
-        if results:
-            # loadRes writes "area", "id" and "iscrowd" into the entries it gets: give it copies.
-            dt = gt.loadRes([dict(entry) for entry in results])
-        else:
-            # loadRes fails on an empty list: an untrained model's empty result set, built directly.
-            empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
-            dt = make_coco(COCO, {**empty, "annotations": []})
+        gt, dt = make_coco_pair(COCO, dataset, results)
         evaluator = COCOeval(gt, dt, "bbox")
         evaluator.evaluate()
     return PerImageEvaluation(evaluator)

@@ -17,7 +17,7 @@ import math
 from typing import TYPE_CHECKING, Any, Sequence
 
 from msadkit.analysis.figure_style import FONT, finish_axes, new_figure
-from msadkit.compare.plan import CONTROL, METHOD
+from msadkit.compare.plan import METHOD
 from msadkit.compare.table import ComparisonTable, model_label
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["plot_comparison"]
 
 _SIZE_STYLES = {"APs": ("o", "small"), "APm": ("s", "medium"), "APl": ("^", "large")}
-_CONTROL_COLOUR = "0.45"
+_REFERENCE_COLOUR = "0.45"  # the control and the ablation: references, not methods
 _METHOD_COLOUR = "#1f77b4"
 
 
@@ -35,7 +35,7 @@ def _forest(ax: Any, rows: Sequence[Any]) -> None:
         c = summary.comparison
         if c is None:
             continue
-        colour = _CONTROL_COLOUR if summary.kind == CONTROL else _METHOD_COLOUR
+        colour = _METHOD_COLOUR if summary.kind == METHOD else _REFERENCE_COLOUR
         ax.errorbar([c.mean], [y], xerr=[[c.mean - c.low], [c.high - c.mean]], fmt="o", color=colour,
                     ecolor=colour, elinewidth=1.2, capsize=3, markersize=4)
     ax.axvline(0.0, color="black", linestyle="--", linewidth=0.8)
@@ -43,7 +43,7 @@ def _forest(ax: Any, rows: Sequence[Any]) -> None:
 
 
 def _row_label(summary: Any, table: ComparisonTable) -> str:
-    """The model, and for a method its Holm-corrected p (the control's plain p: it is no method)."""
+    """The model, and for a method its Holm-corrected p (a reference's plain p: it is no method)."""
     label = model_label(summary, table.track)
     c = summary.comparison
     if c is None:

@@ -6,7 +6,10 @@ model of a seed starts from the same initialisation and sees the same data order
 - the teacher(s), ``teacher_iterations`` long;
 - the baseline, the student without a teacher, ``iterations`` long;
 - the step-matched control, the baseline's config trained ``teacher_iterations + iterations``;
-- every method's student, ``iterations`` long, after its teacher of the same seed.
+- every method's student, ``iterations`` long, after its teacher of the same seed;
+- on a track with ``@msad`` methods, MSAD's own ablation (:data:`TEACHER_INIT`): the student that
+  starts from the MSAD teacher's weights and trains ``iterations`` with its distillation terms at
+  weight 0, so that an ``@msad`` method's gain over it is its KD term's alone.
 
 Folders: ``<out>/pretrained/`` (the ``msadkit pretrain`` checkpoint of every width, copied there
 so the comparison names files of its own), ``<out>/<track>/seed<s>/<model>`` for the reported runs
@@ -28,7 +31,9 @@ __all__ = [
     "TEACHER",
     "BASELINE",
     "CONTROL",
+    "ABLATION",
     "METHOD",
+    "TEACHER_INIT",
     "PlannedRun",
     "track_dir",
     "seed_dir",
@@ -40,7 +45,9 @@ __all__ = [
     "jobs_of",
 ]
 
-TEACHER, BASELINE, CONTROL, METHOD = "teacher", "baseline", "control", "method"
+TEACHER, BASELINE, CONTROL, ABLATION, METHOD = "teacher", "baseline", "control", "ablation", "method"
+# The model name (and folder) of MSAD's teacher-initialisation ablation.
+TEACHER_INIT = "teacher_init"
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,7 @@ class PlannedRun:
         job: the ``msadkit train`` job.
         track: the track's name.
         model: ``baseline``, ``control``, a teacher role or a method's name.
-        kind: :data:`TEACHER`, :data:`BASELINE`, :data:`CONTROL` or :data:`METHOD`.
+        kind: :data:`TEACHER`, :data:`BASELINE`, :data:`CONTROL`, :data:`ABLATION` or :data:`METHOD`.
         seed: its ``trainer.seed``.
         iterations: its length.
         scale: a method's weight, as a multiple of the official one (None for the others).
@@ -150,15 +157,25 @@ class _Builder:
         spec = self.track.teachers[role]
         return self.run(role, TEACHER, seed, spec.config, spec.width, self.budget.teacher_iterations)
 
-    def method(self, method: Method, seed: int, scale: float, folder: str | None = None) -> PlannedRun:
+    def method(self, method: Method, seed: int, scale: float, folder: str | None = None,
+               model: str | None = None, kind: str = METHOD) -> PlannedRun:
         role = self.track.teacher_of(method)
         teacher_dir = seed_dir(self.out, self.track, seed, tuning=self.tuning) / role
-        defining = [f"distill.teacher={teacher_dir}", losses_override(method, scale), f"method={method.name}",
+        defining = [f"distill.teacher={teacher_dir}", losses_override(method, scale), f"method={model or method.name}",
                     "role=student"]
         if self.track.cross_resolution and not method.msad_teacher:
             defining.append("distill.cross_resolution=true")
-        return self.run(method.name, METHOD, seed, self.track.student_config(method), self.track.student_width,
-                        self.budget.iterations, defining, needs=[self.name(role, seed)], scale=scale, folder=folder)
+        return self.run(model or method.name, kind, seed, self.track.student_config(method), self.track.student_width,
+                        self.budget.iterations, defining, needs=[self.name(role, seed)],
+                        scale=scale if kind == METHOD else None, folder=folder)
+
+    def teacher_init(self, methods: Sequence[Method], seed: int) -> PlannedRun | None:
+        """MSAD's ablation for the first ``@msad`` method: its student, start and teacher, every term
+        at weight 0 (None when no method learns from the MSAD teacher)."""
+        msad = next((method for method in methods if method.msad_teacher), None)
+        if msad is None:
+            return None
+        return self.method(msad, seed, 0.0, model=TEACHER_INIT, kind=ABLATION)
 
     def teacher_roles(self, methods: Sequence[Method]) -> list[str]:
         """The plain teacher always (the high-resolution reference); the MSAD teacher when a method needs it."""
@@ -177,7 +194,7 @@ def comparison_runs(
     overrides: Sequence[str] = (),
 ) -> list[PlannedRun]:
     """The reported runs of one track, in launch order: teachers first (the others wait for them),
-    then the controls (the longest of the rest), the baselines and the methods.
+    then the controls (the longest of the rest), the baselines, the teacher-init ablation and the methods.
 
     Args:
         scales: method name -> weight multiple chosen by tuning (missing: 1.0, the official weight).
@@ -190,6 +207,7 @@ def comparison_runs(
     runs += [build.run(CONTROL, CONTROL, seed, base, track.student_width, budget.control_iterations)
              for seed in seeds]
     runs += [build.run(BASELINE, BASELINE, seed, base, track.student_width, length) for seed in seeds]
+    runs += [run for seed in seeds if (run := build.teacher_init(methods, seed)) is not None]
     runs += [build.method(method, seed, float(scales.get(method.name, 1.0))) for seed in seeds for method in methods]
     return runs
 

@@ -18,7 +18,8 @@ from typing import Any, Mapping, Sequence
 
 from msadkit.analysis.bootstrap_ap import cached_bootstrap
 from msadkit.analysis.statistics import PairedComparison, compare_to_baseline
-from msadkit.compare.plan import BASELINE, CONTROL, METHOD, TEACHER, PlannedRun
+from msadkit.compare.methods import MSAD_SUFFIX
+from msadkit.compare.plan import ABLATION, BASELINE, CONTROL, METHOD, TEACHER, PlannedRun
 from msadkit.errors import MsadkitError
 from msadkit.utils.run_folder import EVAL_NAME, METRICS_NAME, read_run_config
 
@@ -36,7 +37,9 @@ __all__ = [
 # A run counts as plateaued when its validation AP rose by less than this over the last quarter.
 PLATEAU_GAIN = 1.0
 VALIDATION_KEY = "val/AP"
-_KIND_ORDER = {TEACHER: 0, BASELINE: 1, CONTROL: 2, METHOD: 3}
+_KIND_ORDER = {TEACHER: 0, BASELINE: 1, CONTROL: 2, ABLATION: 3, METHOD: 4}
+# The references a method is also compared with, besides the baseline (what the paper's claims need).
+REFERENCES = (CONTROL, ABLATION)
 
 
 def _finite(value: Any) -> bool:
@@ -174,6 +177,9 @@ class ModelSummary:
         scale: a method's weight multiple as planned; :meth:`trained_scales` says what ran.
         comparison: the paired difference to the baseline (None: baseline, teachers, or fewer
             than 2 seeds both finished).
+        references: a method's paired difference to the step-matched control (key :data:`CONTROL`)
+            and, for an ``@msad`` method, to the teacher-init ablation (key :data:`ABLATION`); each
+            a single comparison (no Holm correction across them).
     """
 
     model: str
@@ -183,6 +189,7 @@ class ModelSummary:
     scale: float | None = None
     runs: dict[int, RunResult] = field(default_factory=dict)
     comparison: PairedComparison | None = None
+    references: dict[str, PairedComparison] = field(default_factory=dict)
 
     def values(self, metric: str) -> list[float]:
         """``metric`` of every finished seed that defines it, in seed order."""
@@ -198,11 +205,12 @@ class ModelSummary:
 
 
 def summarize(planned: Sequence[PlannedRun], results: Mapping[Path, RunResult | None]) -> list[ModelSummary]:
-    """One :class:`ModelSummary` per model, teachers first, then baseline, control, methods.
+    """One :class:`ModelSummary` per model, teachers first, then baseline, control, ablation, methods.
 
     Every method with at least 2 seeds paired with the baseline is compared to it, Holm-corrected
-    over those methods; the control is compared to the baseline alone (outside the family: it is
-    the reference a method must beat, not a method).
+    over those methods; the control and the ablation are compared to the baseline alone (outside
+    the family: they are references a method must beat, not methods). Each method is also compared
+    with the control, and an ``@msad`` method with the ablation (:attr:`ModelSummary.references`).
 
     Args:
         planned: the track's reported runs.
@@ -220,9 +228,26 @@ def summarize(planned: Sequence[PlannedRun], results: Mapping[Path, RunResult | 
     methods = {m.model: m.ap_by_seed() for m in ordered if m.kind == METHOD}
     paired = {name: aps for name, aps in methods.items() if len(set(aps) & set(baseline)) >= 2}
     comparisons = compare_to_baseline(baseline, paired) if paired else {}
+    references = {m.kind: m.ap_by_seed() for m in ordered if m.kind in REFERENCES}
     for summary in ordered:
-        if summary.kind == CONTROL and len(set(summary.ap_by_seed()) & set(baseline)) >= 2:
-            summary.comparison = compare_to_baseline(baseline, {summary.model: summary.ap_by_seed()})[summary.model]
+        if summary.kind in REFERENCES:
+            summary.comparison = _single_comparison(baseline, summary)
         elif summary.model in comparisons:
             summary.comparison = comparisons[summary.model]
+        if summary.kind != METHOD:
+            continue
+        for kind, reference in references.items():
+            if kind == ABLATION and not summary.model.endswith(MSAD_SUFFIX):
+                continue
+            comparison = _single_comparison(reference, summary)
+            if comparison is not None:
+                summary.references[kind] = comparison
     return ordered
+
+
+def _single_comparison(reference: Mapping[int, float], summary: ModelSummary) -> PairedComparison | None:
+    """``summary``'s paired difference to ``reference`` (seed -> AP); None below 2 shared seeds."""
+    values = summary.ap_by_seed()
+    if len(set(values) & set(reference)) < 2:
+        return None
+    return compare_to_baseline(reference, {summary.model: values})[summary.model]

@@ -1,10 +1,11 @@
 """The comparison table of one track, as Markdown, LaTeX and CSV, with its notes.
 
-One row per model (teachers, baseline, step-matched control, methods): length, weight, AP mean ±
-sample std over seeds, AP of every seed (``†`` after a run still rising at its end, ``?`` without
-validation rows), the paired difference to the baseline (mean, std, 95 % t-interval, p, Holm p),
-APs/APm/APl, the mean bootstrap evaluation SE and how many runs plateaued. The notes say what each
-number is, the weights tuning chose and the budget.
+One row per model (teachers, baseline, step-matched control, teacher-init ablation, methods):
+length, weight, AP mean ± sample std over seeds, AP of every seed (``†`` after a run still rising at
+its end, ``?`` without validation rows), the paired difference to the baseline (mean, std, 95 %
+t-interval, p, Holm p), a method's paired difference to the step-matched control, APs/APm/APl, the
+mean bootstrap evaluation SE and how many runs plateaued. The notes say what each number is, each
+``@msad`` method's difference to the teacher-init ablation, the weights tuning chose and the budget.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from msadkit.compare.plan import BASELINE, CONTROL, METHOD, TEACHER
+from msadkit.analysis.statistics import PairedComparison
+from msadkit.compare.plan import ABLATION, BASELINE, CONTROL, METHOD, TEACHER
 from msadkit.compare.results import PLATEAU_GAIN, ModelSummary
 from msadkit.compare.tracks import Budget, Track
 
@@ -24,8 +26,9 @@ __all__ = ["ComparisonTable", "model_label", "markdown", "latex", "csv_text", "r
 
 SIZE_METRICS = ("APs", "APm", "APl")
 HEADERS = ("model", "iterations", "weight", "AP", "AP per seed", "ΔAP", "sd(Δ)", "95 % CI", "p", "p (Holm)",
-           "APs", "APm", "APl", "eval SE", "plateaued")
-_LATEX_HEADERS = {"ΔAP": r"$\Delta$AP", "sd(Δ)": r"sd($\Delta$)", "95 % CI": r"95\,\% CI", "p (Holm)": r"$p$ (Holm)",
+           "Δ vs control [95 % CI]", "APs", "APm", "APl", "eval SE", "plateaued")
+_LATEX_HEADERS = {"ΔAP": r"$\Delta$AP", "Δ vs control [95 % CI]": r"$\Delta$ vs control [95\,\% CI]",
+                  "sd(Δ)": r"sd($\Delta$)", "95 % CI": r"95\,\% CI", "p (Holm)": r"$p$ (Holm)",
                   "p": "$p$", "AP per seed": "AP per seed", "eval SE": "eval SE",
                   "APs": "AP$_S$", "APm": "AP$_M$", "APl": "AP$_L$"}
 _LATEX_SPECIALS = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -67,7 +70,16 @@ def model_label(summary: ModelSummary, track: Track) -> str:
         return "baseline (no teacher)"
     if summary.kind == CONTROL:
         return "step-matched control"
+    if summary.kind == ABLATION:
+        return "teacher-init ablation (MSAD student, KD weight 0)"
     return summary.model
+
+
+def _interval(comparison: PairedComparison | None) -> str:
+    """``+1.23 [+0.40, +2.06]``: a paired difference's mean and 95 % interval."""
+    if comparison is None:
+        return ""
+    return f"{comparison.mean:+.2f} [{comparison.low:+.2f}, {comparison.high:+.2f}]"
 
 
 def _number(value: float | None, digits: int = 1, *, signed: bool = False) -> str:
@@ -116,7 +128,8 @@ def table_cells(table: ComparisonTable, summary: ModelSummary) -> dict[str, str]
         "sd(Δ)": _number(comparison.std, 2) if comparison else "",
         "95 % CI": f"[{comparison.low:+.2f}, {comparison.high:+.2f}]" if comparison else "",
         "p": _p(comparison.p) if comparison else "",
-        "p (Holm)": (_p(comparison.p_holm) if summary.kind == METHOD else "(control)") if comparison else "",
+        "p (Holm)": (_p(comparison.p_holm) if summary.kind == METHOD else "(reference)") if comparison else "",
+        "Δ vs control [95 % CI]": _interval(summary.references.get(CONTROL)),
         "eval SE": _number(statistics.mean(ses), 2) if ses else "-",
         "plateaued": f"{sum(known)}/{len(marks)}" + (f" ({unknown} ?)" if (unknown := len(marks) - len(known)) else ""),
     }
@@ -150,6 +163,17 @@ def _tuning_notes(table: ComparisonTable) -> list[str]:
     return lines
 
 
+def _ablation_notes(table: ComparisonTable) -> list[str]:
+    """Each ``@msad`` method against MSAD's teacher-init ablation: what its KD term adds."""
+    lines = []
+    for summary in table.models:
+        comparison = summary.references.get(ABLATION)
+        if comparison is not None:
+            lines.append(f"{summary.model} minus the teacher-init ablation (same start, KD weight 0), paired by seed: "
+                         f"{_interval(comparison)} AP, p = {_p(comparison.p)} (n = {len(comparison.seeds)}).")
+    return lines
+
+
 def notes(table: ComparisonTable) -> list[str]:
     """The sentences under the table."""
     budget, track = table.budget, table.track
@@ -159,8 +183,10 @@ def notes(table: ComparisonTable) -> list[str]:
         "same data order, same pretrained backbone).",
         "ΔAP: AP of the model minus AP of the baseline of the same seed; mean, sample standard deviation (n - 1), "
         "two-sided 95 % t-interval (n - 1 degrees of freedom); p: two-sided one-sample t-test of the differences "
-        f"against 0; Holm: Holm-Bonferroni over the {k} method(s) of this track (the step-matched control is the "
-        "reference a method must beat, outside the family).",
+        f"against 0; Holm: Holm-Bonferroni over the {k} method(s) of this track (the step-matched control and the "
+        "teacher-init ablation are references a method must beat, outside the family). Δ vs control: the same "
+        "paired difference against the step-matched control of the same seed (trained as many iterations as "
+        "teacher and student together), one comparison per method.",
         f"eval SE: bootstrap standard error of a run's AP over its {budget.num_val} validation images "
         f"({table.bootstrap_samples} resamples), mean over seeds; '-' where a run kept no detections.",
         f"†: validation AP rose by {PLATEAU_GAIN:g} AP or more over the last quarter of the run (not at its plateau); "
@@ -171,6 +197,7 @@ def notes(table: ComparisonTable) -> list[str]:
         f"{budget.teacher_iterations}, step-matched control {budget.control_iterations} (teacher + student); "
         f"backbones from `msadkit pretrain` (width {', '.join(f'{w:g}' for w in track.widths())}).",
     ]
+    lines += _ablation_notes(table)
     if track.cross_resolution:
         lines.append("Methods without @msad learn from the plain high-res FCOS teacher with distill.cross_resolution "
                      "(student level l against teacher level l+1); @msad methods from the MSAD teacher, starting "
@@ -218,6 +245,8 @@ def csv_text(table: ComparisonTable) -> str:
     """One row per model, numbers unrounded (empty where undefined)."""
     columns = ["track", "model", "kind", "iterations", "weight_scale", "seeds", "n", "AP_mean", "AP_sd",
                "AP_per_seed", "delta_mean", "delta_sd", "ci_low", "ci_high", "p", "p_holm",
+               "control_delta_mean", "control_ci_low", "control_ci_high", "control_p",
+               "ablation_delta_mean", "ablation_ci_low", "ablation_ci_high", "ablation_p",
                "APs_mean", "APm_mean", "APl_mean", "eval_se_mean", "plateaued", "not_plateaued", "plateau_unknown"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -238,6 +267,10 @@ def csv_text(table: ComparisonTable) -> str:
             "eval_se_mean": statistics.mean(ses) if ses else "",
             "plateaued": marks.count(True), "not_plateaued": marks.count(False), "plateau_unknown": marks.count(None),
         }
+        for prefix, kind in (("control", CONTROL), ("ablation", ABLATION)):
+            ref = summary.references.get(kind)
+            row.update({f"{prefix}_delta_mean": ref.mean if ref else "", f"{prefix}_ci_low": ref.low if ref else "",
+                        f"{prefix}_ci_high": ref.high if ref else "", f"{prefix}_p": ref.p if ref else ""})
         for metric in SIZE_METRICS:
             values = summary.values(metric)
             row[f"{metric}_mean"] = _csv_number(statistics.mean(values)) if values else ""

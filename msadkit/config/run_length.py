@@ -35,6 +35,7 @@ __all__ = [
     "ITERATION_NAME",
     "scaled_solver",
     "scaled_run_length",
+    "override_strings",
     "run_length_overrides",
     "schedule_label",
 ]
@@ -170,25 +171,31 @@ def scaled_run_length(config: Mapping[str, Any], iterations: int, *, argument: s
     return settings
 
 
+def override_strings(values: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Nested values as ``dotted.key=value`` overrides with YAML flow values (lists stay whole).
+
+    ``{"distill": {"teacher": "runs/t", "losses": [{"type": "adl"}]}}`` gives
+    ``["distill.teacher=runs/t", "distill.losses=[{type: adl}]"]``. An empty mapping is one value
+    (``key={}``), and ``distill.losses`` is always one value, since the loader replaces that list whole.
+    """
+    import yaml
+
+    texts = []
+    for key, value in values.items():
+        if isinstance(value, dict) and value and f"{prefix}{key}" != "distill.losses":
+            texts += override_strings(value, f"{prefix}{key}.")
+            continue
+        inline = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1).strip()
+        if inline.endswith("..."):  # yaml ends a bare scalar document with an explicit end marker
+            inline = inline[: -len("...")].strip()
+        texts.append(f"{prefix}{key}={inline}")
+    return texts
+
+
 def run_length_overrides(config: Mapping[str, Any], iterations: int, *, argument: str = "iterations") -> list[str]:
     """:func:`scaled_run_length` as ``key=value`` override strings (YAML flow values), to load the
     config again with: ``load_config(name, overrides + run_length_overrides(config, n))``."""
-    import yaml
-
-    def flatten(values: Mapping[str, Any], prefix: str) -> list[str]:
-        texts = []
-        for key, value in values.items():
-            dotted = f"{prefix}{key}"
-            if isinstance(value, dict) and dotted != "distill.losses":
-                texts += flatten(value, f"{dotted}.")
-                continue
-            inline = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1).strip()
-            if inline.endswith("..."):  # yaml ends a bare scalar document with an explicit end marker
-                inline = inline[: -len("...")].strip()
-            texts.append(f"{dotted}={inline}")
-        return texts
-
-    return flatten(scaled_run_length(config, iterations, argument=argument), "")
+    return override_strings(scaled_run_length(config, iterations, argument=argument))
 
 
 def schedule_label(label: str, max_iter: int) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["make_feature_adapters"]
+__all__ = ["make_feature_adapters", "adapters_if_widths_differ"]
 
 
 def make_feature_adapters(
@@ -35,3 +35,19 @@ def make_feature_adapters(
         nn.Conv2d(student_channels, teacher_channels, kernel_size=kernel_size, padding=kernel_size // 2)
         for _ in range(num_levels)
     )
+
+
+def adapters_if_widths_differ(
+    student_channels: int, teacher_channels: int, *, num_levels: int = 5, kernel_size: int = 1
+) -> nn.ModuleList | None:
+    """:func:`make_feature_adapters` when the student's FPN width differs from the teacher's, else None.
+
+    Maps of equal widths are compared as they are, so a term adds parameters to train only where it
+    has channels to map (FitNet alone adapts equal widths too, by its own option).
+
+    Returns:
+        ``num_levels`` convs mapping ``(N, Cs, H, W)`` to ``(N, Ct, H, W)``, or None when ``Cs == Ct``.
+    """
+    if student_channels == teacher_channels:
+        return None
+    return make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels, kernel_size=kernel_size)

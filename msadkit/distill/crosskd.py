@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from msadkit.distill.adapters import make_feature_adapters
 from msadkit.distill.crosskd_losses import BOX_LOSSES, align_statistics, aligned_box_loss, kd_quality_focal_loss
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
-from msadkit.distill.layout import check_same_layout, check_same_prediction_shape, dense_detector_of, feature_channels
+from msadkit.distill.layout import check_same_layout, check_same_prediction_shape, dense_detector_of, fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.detectors.dense_detector import DenseDetector
@@ -299,11 +299,6 @@ def build_crosskd_term(options: dict[str, Any], *, student: nn.Module, teacher: 
     if resolved["normalizer"] == "centerness" and not isinstance(student, FCOS):
         raise ConfigError("distill.losses entry of type 'crosskd': normalizer 'centerness' needs an FCOS student")
     try:
-        return CrossKDLoss(
-            **resolved,
-            student_channels=feature_channels(student, term="crosskd", role="student"),
-            teacher_channels=feature_channels(teacher, term="crosskd", role="teacher"),
-            boxes=family.boxes,
-        )
+        return CrossKDLoss(**resolved, **fpn_widths(student, teacher, term="crosskd"), boxes=family.boxes)
     except ValueError as exc:
         raise ConfigError(f"distill.losses entry of type 'crosskd': {exc}") from None

@@ -23,14 +23,14 @@ from typing import Any, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.feature_pairs import (
     as_loss_dtype,
     check_level_counts,
     sum_over_adapted_pairs,
 )
-from msadkit.distill.layout import dense_detector_of, feature_channels
+from msadkit.distill.layout import dense_detector_of, fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -131,9 +131,12 @@ class ChannelWiseTerm(DistillationLoss):
         self.maps = maps
         # The distiller runs the teacher's head only when a term asks for it.
         self.needs_teacher_predictions = maps == "logits"
-        self.adapters: nn.ModuleList | None = None
-        if maps == "features" and student_channels != teacher_channels:
-            self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+        # Logits have one channel per anchor and class on both sides: nothing to adapt.
+        self.adapters = (
+            adapters_if_widths_differ(student_channels, teacher_channels, num_levels=num_levels)
+            if maps == "features"
+            else None
+        )
 
     def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``).
@@ -190,13 +193,4 @@ def build_cwd_term(options: dict[str, Any], *, student: nn.Module, teacher: nn.M
                 f"{where}: maps: logits compares the heads' class channels one to one, but the student has "
                 f"{student_classes} classes and the teacher {teacher_classes}"
             )
-    return ChannelWiseTerm(
-        name=values["name"],
-        weight=float(values["weight"]),
-        tau=float(values["tau"]),
-        loss_weight=float(values["loss_weight"]),
-        maps=values["maps"],
-        student_channels=feature_channels(student, term="cwd", role="student"),
-        teacher_channels=feature_channels(teacher, term="cwd", role="teacher"),
-        num_levels=num_levels,
-    )
+    return ChannelWiseTerm(**values, **fpn_widths(student, teacher, term="cwd"), num_levels=num_levels)

@@ -14,7 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from msadkit.errors import InputError
+from msadkit.modeling.detection_model import DetectionModel
 from msadkit.modeling.detectors.dense_detector import DenseDetector
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
 
@@ -82,7 +82,7 @@ def freeze(module: nn.Module) -> nn.Module:
     return module
 
 
-class Distiller(nn.Module):
+class Distiller(DetectionModel):
     """Student + frozen teacher + distillation losses.
 
     In training mode ``forward`` returns the student's ground-truth losses plus each distillation
@@ -134,18 +134,15 @@ class Distiller(nn.Module):
         teacher.eval()
         return teacher
 
-    def forward(
-        self,
-        images: Tensor,
-        image_sizes: list[tuple[int, int]] | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        if not self.training:
-            return self.student(images, image_sizes)
-        if targets is None:
-            raise InputError("targets are required in training mode")
-        if image_sizes is None:
-            image_sizes = [tuple(images.shape[-2:])] * images.shape[0]
+    def detect(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """The student's detections (``forward`` in eval mode)."""
+        return self.student(images, image_sizes)
+
+    def training_losses(
+        self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """The student's ground-truth losses and every distillation term (``forward`` in training mode);
+        the student and the teacher check the batch they read."""
         image_shape = (images.shape[-2], images.shape[-1])
         # The teacher runs first: its no-grad activations are freed before the student's
         # activations (kept for backward) build up, which lowers peak memory.

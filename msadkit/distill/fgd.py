@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.fgd_masks import MASK_EXTENTS, fgd_masks
-from msadkit.distill.layout import feature_channels
+from msadkit.distill.layout import fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -193,9 +193,7 @@ class FGDLoss(DistillationLoss):
         self.mask_extent = mask_extent
         self.box_reference = box_reference
         self.num_levels = int(num_levels)
-        self.adapters: nn.ModuleList | None = None
-        if student_channels != teacher_channels:
-            self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+        self.adapters = adapters_if_widths_differ(student_channels, teacher_channels, num_levels=num_levels)
         self.student_context = nn.ModuleList(GlobalContextBlock(teacher_channels) for _ in range(num_levels))
         self.teacher_context: nn.ModuleList | None = None
         if separate_gcblocks:
@@ -289,11 +287,6 @@ def build_fgd_term(options: dict[str, Any], *, student: nn.Module, teacher: nn.M
             f"distill.losses entry of type 'fgd': the student ({type(student).__name__}) has no FPN levels"
         )
     try:
-        return FGDLoss(
-            **resolved,
-            student_channels=feature_channels(student, term="fgd", role="student"),
-            teacher_channels=feature_channels(teacher, term="fgd", role="teacher"),
-            num_levels=len(levels),
-        )
+        return FGDLoss(**resolved, **fpn_widths(student, teacher, term="fgd"), num_levels=len(levels))
     except ValueError as exc:
         raise ConfigError(f"distill.losses entry of type 'fgd': {exc}") from None

@@ -19,14 +19,14 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ, make_feature_adapters
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.feature_pairs import (
     as_loss_dtype,
     check_level_counts,
     sum_over_adapted_pairs,
 )
-from msadkit.distill.layout import feature_channels
+from msadkit.distill.layout import fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -95,9 +95,11 @@ class FitNetTerm(DistillationLoss):
         if loss_weight < 0:
             raise ValueError(f"loss_weight must be >= 0, got {loss_weight}")
         self.loss_weight = float(loss_weight)
-        self.adapters: nn.ModuleList | None = None
-        if adapt_equal_widths or student_channels != teacher_channels:
-            self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+        self.adapters = (
+            make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+            if adapt_equal_widths
+            else adapters_if_widths_differ(student_channels, teacher_channels, num_levels=num_levels)
+        )
 
     def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``); ``student.levels`` and
@@ -123,12 +125,4 @@ def build_fitnet_term(options: dict[str, Any], *, student: nn.Module, teacher: n
     if values["loss_weight"] < 0:
         raise ConfigError(f"distill.losses type 'fitnet': loss_weight must be >= 0, got {values['loss_weight']}")
     num_levels = check_level_counts(student, teacher, term="fitnet")
-    return FitNetTerm(
-        name=values["name"],
-        weight=float(values["weight"]),
-        loss_weight=float(values["loss_weight"]),
-        student_channels=feature_channels(student, term="fitnet", role="student"),
-        teacher_channels=feature_channels(teacher, term="fitnet", role="teacher"),
-        num_levels=num_levels,
-        adapt_equal_widths=values["adapt_equal_widths"],
-    )
+    return FitNetTerm(**values, **fpn_widths(student, teacher, term="fitnet"), num_levels=num_levels)

@@ -17,7 +17,14 @@ from msadkit.errors import ConfigError, InputError
 from msadkit.modeling.detectors.dense_detector import DenseDetector
 from msadkit.modeling.levels import HIGH_RES_FEATURES, LOW_RES_FEATURES
 
-__all__ = ["levels_pair_up", "check_same_layout", "check_same_prediction_shape", "dense_detector_of", "feature_channels"]
+__all__ = [
+    "levels_pair_up",
+    "check_same_layout",
+    "check_same_prediction_shape",
+    "dense_detector_of",
+    "feature_channels",
+    "fpn_widths",
+]
 
 
 def dense_detector_of(model: nn.Module, *, term: str, role: str = "teacher") -> DenseDetector:
@@ -49,6 +56,19 @@ def feature_channels(model: nn.Module, *, term: str, role: str) -> int:
             "it has no FPN backbone"
         )
     return channels
+
+
+def fpn_widths(student: nn.Module, teacher: nn.Module, *, term: str) -> dict[str, int]:
+    """``{"student_channels": Cs, "teacher_channels": Ct}``, the FPN widths as every term's constructor
+    takes them (its adapters map the student's ``(N, Cs, H, W)`` maps to ``(N, Ct, H, W)``).
+
+    Raises:
+        ConfigError: either model is not a detector with an FPN (:func:`feature_channels`).
+    """
+    return {
+        "student_channels": feature_channels(student, term=term, role="student"),
+        "teacher_channels": feature_channels(teacher, term=term, role="teacher"),
+    }
 
 
 def levels_pair_up(student: nn.Module, teacher: nn.Module) -> bool:

@@ -27,14 +27,14 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.feature_pairs import (
     as_loss_dtype,
     check_level_counts,
     sum_over_adapted_pairs,
 )
-from msadkit.distill.layout import feature_channels
+from msadkit.distill.layout import fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -145,9 +145,7 @@ class MGDTerm(DistillationLoss):
         self.alpha_mgd = float(alpha_mgd)
         self.lambda_mgd = float(lambda_mgd)
         self.seed = int(seed)
-        self.aligns: nn.ModuleList | None = None
-        if student_channels != teacher_channels:
-            self.aligns = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+        self.aligns = adapters_if_widths_differ(student_channels, teacher_channels, num_levels=num_levels)
         self.generators = nn.ModuleList(make_generation_block(teacher_channels) for _ in range(num_levels))
 
     def masks_for(self, maps: Sequence[Tensor], iteration: int) -> list[Tensor]:
@@ -196,13 +194,4 @@ def build_mgd_term(options: dict[str, Any], *, student: nn.Module, teacher: nn.M
     if not isinstance(values["seed"], int) or values["seed"] < 0:
         raise ConfigError(f"{where}: seed must be an integer >= 0, got {values['seed']!r}")
     num_levels = check_level_counts(student, teacher, term="mgd")
-    return MGDTerm(
-        name=values["name"],
-        weight=float(values["weight"]),
-        alpha_mgd=float(values["alpha_mgd"]),
-        lambda_mgd=float(values["lambda_mgd"]),
-        seed=values["seed"],
-        student_channels=feature_channels(student, term="mgd", role="student"),
-        teacher_channels=feature_channels(teacher, term="mgd", role="teacher"),
-        num_levels=num_levels,
-    )
+    return MGDTerm(**values, **fpn_widths(student, teacher, term="mgd"), num_levels=num_levels)

@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
-from msadkit.distill.layout import feature_channels, levels_pair_up
+from msadkit.distill.layout import fpn_widths, levels_pair_up
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -79,9 +79,10 @@ def msad_feature_loss(
         alpha: loss weight.
         temperature: divides both features; must be > 0.
         ramp: factor from :func:`kd_ramp`.
-        adapters: optional per-level modules (1x1 convs, see :func:`make_feature_adapters`)
-            applied to the student features first, for students whose FPN width differs from
-            the teacher's; a ``None`` entry leaves that level as it is.
+        adapters: optional per-level modules (1x1 convs, see
+            :func:`~msadkit.distill.adapters.make_feature_adapters`) applied to the student features
+            first, for students whose FPN width differs from the teacher's; a ``None`` entry leaves
+            that level as it is.
 
     Returns:
         Scalar tensor.
@@ -187,9 +188,7 @@ class MSADFeatureLoss(DistillationLoss):
         self.temperature = float(temperature)
         self.ramp_iters = int(ramp_iters)
         self.num_levels = int(num_levels)
-        self.adapters: nn.ModuleList | None = None
-        if student_channels != teacher_channels:
-            self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=num_levels)
+        self.adapters = adapters_if_widths_differ(student_channels, teacher_channels, num_levels=num_levels)
 
     def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}``: the ramped feature loss (the distiller applies ``weight``).
@@ -256,14 +255,4 @@ def build_msad_feature(
             "use the same model.resolution, or a low-resolution student of a high-resolution teacher "
             "with distill.cross_resolution=true"
         )
-    return MSADFeatureLoss(
-        name=values["name"],
-        weight=float(values["weight"]),
-        loss_type=values["loss_type"],
-        alpha=float(values["alpha"]),
-        temperature=float(values["temperature"]),
-        ramp_iters=values["ramp_iters"],
-        student_channels=feature_channels(student, term="msad_feature", role="student"),
-        teacher_channels=feature_channels(teacher, term="msad_feature", role="teacher"),
-        num_levels=len(student_levels),
-    )
+    return MSADFeatureLoss(**values, **fpn_widths(student, teacher, term="msad_feature"), num_levels=len(student_levels))

@@ -23,10 +23,10 @@ from typing import Any, Sequence
 
 from torch import Tensor, nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.feature_pairs import as_loss_dtype, check_channels, check_level_counts, paired_levels
-from msadkit.distill.layout import feature_channels
+from msadkit.distill.layout import fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
@@ -103,9 +103,7 @@ class PKDTerm(DistillationLoss):
         self.levels = tuple(int(level) for level in levels)
         self.eps = float(eps)
         # Adapters only for the distilled levels: DDP needs a gradient for every parameter.
-        self.adapters: nn.ModuleList | None = None
-        if student_channels != teacher_channels:
-            self.adapters = make_feature_adapters(student_channels, teacher_channels, num_levels=len(self.levels))
+        self.adapters = adapters_if_widths_differ(student_channels, teacher_channels, num_levels=len(self.levels))
 
     def forward(self, student: StudentOutputs, teacher: TeacherOutputs, targets: Targets, iteration: int) -> LossDict:
         """``{"": scalar}`` (the distiller applies ``weight``); ``student.levels`` and
@@ -156,12 +154,4 @@ def build_pkd_term(options: dict[str, Any], *, student: nn.Module, teacher: nn.M
         raise ConfigError(
             f"{where}: loss_weight and eps must be >= 0, got loss_weight={values['loss_weight']}, eps={values['eps']}"
         )
-    return PKDTerm(
-        name=values["name"],
-        weight=float(values["weight"]),
-        loss_weight=float(values["loss_weight"]),
-        levels=levels,
-        eps=float(values["eps"]),
-        student_channels=feature_channels(student, term="pkd", role="student"),
-        teacher_channels=feature_channels(teacher, term="pkd", role="teacher"),
-    )
+    return PKDTerm(**values, **fpn_widths(student, teacher, term="pkd"))

@@ -29,7 +29,7 @@ from msadkit.analysis.figure_style import SAVE_DPI
 from msadkit.analysis.training_curves import CurveLayout, plot_training_curves, progress_line
 from msadkit.engine.train.metrics_logger import PeriodicMetrics
 from msadkit.errors import MsadkitError
-from msadkit.notebook.results import show_png
+from msadkit.notebook.results import read_json_object, show_png
 from msadkit.utils.run_folder import last_checkpoint
 
 __all__ = ["LiveLossCurves", "TrainingStopped", "read_history", "read_final_eval", "quiet_lightning"]
@@ -72,12 +72,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def read_final_eval(run_dir: str | Path) -> dict[str, Any] | None:
     """A run folder's ``eval.json`` (the evaluation after training), or None before there is one."""
-    path = Path(run_dir) / EVAL_FILE
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(Path(run_dir) / EVAL_FILE)
 
 
 @contextlib.contextmanager

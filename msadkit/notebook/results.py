@@ -22,6 +22,7 @@ __all__ = [
     "FIGURES_DIR",
     "NotebookResults",
     "read_results",
+    "read_json_object",
     "is_interactive",
     "to_jsonable",
     "show_png",
@@ -210,6 +211,16 @@ class NotebookResults:
             return path.resolve().relative_to(self.output_dir.resolve()).as_posix()
         except ValueError:
             return str(path)
+
+
+def read_json_object(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when the file is missing, unreadable or holds anything
+    else: for the files of a run folder that a run writes only at some point (or not at all)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def read_results(output_dir: str | os.PathLike) -> dict[str, Any]:

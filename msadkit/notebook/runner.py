@@ -28,7 +28,7 @@ from typing import Any, Mapping
 
 from msadkit.errors import ConfigError, MsadkitError
 from msadkit.notebook.kernel import current_interpreter_kernel_manager
-from msadkit.notebook.results import RESULTS_NAME
+from msadkit.notebook.results import RESULTS_NAME, read_json_object
 
 __all__ = [
     "NOTEBOOK_NAMES",
@@ -222,12 +222,7 @@ def _comparable(parameters: Mapping[str, Any]) -> dict[str, Any]:
 
 def read_run_record(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     """The ``notebook_run.json`` of a run folder, or None if there is none (or it is unreadable)."""
-    path = Path(run_dir) / RUN_RECORD_NAME
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+    return read_json_object(Path(run_dir) / RUN_RECORD_NAME)
 
 
 def is_finished(run_dir: str | os.PathLike) -> bool:
@@ -243,11 +238,7 @@ def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _read_results(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / RESULTS_NAME).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_json_object(run_dir / RESULTS_NAME) or {}
 
 
 def _error_line(exc: BaseException) -> str:

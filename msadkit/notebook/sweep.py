@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from msadkit.errors import ConfigError, MsadkitError
 from msadkit.jobs import Backend, JobEvent, JobOutcome, ProgressCallback, log_progress, notebook_job, run_jobs
-from msadkit.notebook.results import RESULTS_NAME
+from msadkit.notebook.results import RESULTS_NAME, read_json_object
 from msadkit.notebook.runner import (
     NotebookRun,
     check_parameter_names,
@@ -150,12 +150,9 @@ def _notebook_run(source: Path, outcome: JobOutcome) -> NotebookRun:
     job = outcome.job
     parameters = job.config["parameters"]
     if outcome.ok:
-        try:
-            results = json.loads((job.run_dir / RESULTS_NAME).read_text())
-        except (OSError, ValueError):
-            results = {}
+        results = read_json_object(job.run_dir / RESULTS_NAME) or {}
         return NotebookRun(source, job.run_dir, parameters, "finished", skipped=outcome.status == "reused",
-                           duration_s=outcome.wall_s, results=results if isinstance(results, dict) else {})
+                           duration_s=outcome.wall_s, results=results)
     record = read_run_record(job.run_dir) or {}
     error = record.get("error") if record.get("status") == "failed" else None
     error = error or f"{outcome.error} (log {job.log_path})"

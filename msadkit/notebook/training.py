@@ -15,7 +15,7 @@ import lightning as L
 import yaml
 
 from msadkit.config import dump_config, load_config
-from msadkit.config.run_length import run_length_overrides
+from msadkit.config.run_length import override_strings, run_length_overrides
 from msadkit.data.build import resolve_data_paths
 from msadkit.engine.semi_supervised.pseudo_labels import generate_pseudo_labels
 from msadkit.engine.train.launch import launch_training
@@ -98,24 +98,6 @@ def notebook_config(
     # The rule of `msadkit train --iterations`, applied last so that it scales the losses `extra`
     # chose too; the loader labels the schedule of a run whose max_iter differs from its file's.
     return load_config(config, texts + run_length_overrides(load_config(config, texts), int(iterations)))
-
-
-def override_strings(values: dict[str, Any], prefix: str = "") -> list[str]:
-    """Nested values as ``dotted.key=value`` overrides with YAML flow values (lists stay whole).
-
-    ``{"distill": {"teacher": "runs/t", "losses": [{"type": "adl"}]}}`` gives
-    ``["distill.teacher=runs/t", "distill.losses=[{type: adl}]"]``.
-    """
-    texts = []
-    for key, value in values.items():
-        if isinstance(value, dict) and value and f"{prefix}{key}" != "distill.losses":
-            texts += override_strings(value, f"{prefix}{key}.")
-            continue
-        inline = yaml.safe_dump(value, default_flow_style=True, width=2**31 - 1).strip()
-        if inline.endswith("..."):  # yaml ends a bare scalar document with an explicit end marker
-            inline = inline[: -len("...")].strip()
-        texts.append(f"{prefix}{key}={inline}")
-    return texts
 
 
 def loss_specs(losses: Sequence[str | dict[str, Any]] | None) -> list[dict[str, Any]] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from typing import NamedTuple
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from msadkit.errors import MsadkitError
 
 TEACHER_EVAL = {"AP": 33.24, "AP50": 51.0, "AP75": 35.06, "APs": None, "APm": 36.0, "APl": 45.31}
 STUDENT_EVAL = {"AP": 30.3, "AP50": 48.26, "AP75": 31.0, "APs": 14.0, "APm": 33.5, "APl": 41.0}
+BASELINE_EVAL = {"AP": 38.64, "AP50": 57.0, "AP75": 41.0, "APs": 22.0, "APm": 42.0, "APl": 49.96}
 
 
 def make_teacher_run(root):
@@ -40,33 +42,46 @@ def make_teacher_run(root):
     return run
 
 
-def make_config_run(root, name, *, method, arch, role, backbone, width, resolution, evaluation):
+class ConfigRun(NamedTuple):
+    """A run folder without summary.json: what its config.yaml and eval.json say."""
+
+    method: str
+    arch: str
+    role: str
+    backbone: str
+    width: float
+    resolution: str
+    evaluation: dict
+
+
+CONFIG_RUNS = {
+    "msad_student_w025": ConfigRun("msad_student", "msad_student", "student", "slimmable_resnet50", 0.25, "low", STUDENT_EVAL),
+    "fcos_r50": ConfigRun("fcos", "fcos", "baseline", "resnet50", 1.0, "high", BASELINE_EVAL),
+    "teacher_from_config": ConfigRun(
+        "msad_teacher", "msad_teacher", "teacher", "slimmable_resnet50", 0.5, "high", {**TEACHER_EVAL, "branch": "fused"}
+    ),
+}
+
+
+def make_config_run(root, name):
+    """The run folder ``root/name`` of :data:`CONFIG_RUNS`."""
+    spec = CONFIG_RUNS[name]
     run = root / name
     run.mkdir()
     config = {
-        "method": method,
-        "role": role,
+        "method": spec.method,
+        "role": spec.role,
         "schedule": "demo-300it",
-        "model": {"arch": arch, "resolution": resolution, "backbone": {"name": backbone, "width": width}},
+        "model": {"arch": spec.arch, "resolution": spec.resolution, "backbone": {"name": spec.backbone, "width": spec.width}},
         "output_dir": str(run),
     }
     (run / "config.yaml").write_text(yaml.safe_dump(config))
-    (run / "eval.json").write_text(json.dumps(evaluation))
+    (run / "eval.json").write_text(json.dumps(spec.evaluation))
     return run
 
 
 def make_student_run(root):
-    return make_config_run(
-        root,
-        "msad_student_w025",
-        method="msad_student",
-        arch="msad_student",
-        role="student",
-        backbone="slimmable_resnet50",
-        width=0.25,
-        resolution="low",
-        evaluation=STUDENT_EVAL,
-    )
+    return make_config_run(root, "msad_student_w025")
 
 
 def test_collect_runs_reads_summary_and_config_fallback(tmp_path):
@@ -84,28 +99,8 @@ def test_collect_runs_reads_summary_and_config_fallback(tmp_path):
 
 
 def test_markdown_table_rows(tmp_path):
-    baseline = make_config_run(
-        tmp_path,
-        "fcos_r50",
-        method="fcos",
-        arch="fcos",
-        role="baseline",
-        backbone="resnet50",
-        width=1.0,
-        resolution="high",
-        evaluation={"AP": 38.64, "AP50": 57.0, "AP75": 41.0, "APs": 22.0, "APm": 42.0, "APl": 49.96},
-    )
-    teacher_run = make_config_run(
-        tmp_path,
-        "teacher_from_config",
-        method="msad_teacher",
-        arch="msad_teacher",
-        role="teacher",
-        backbone="slimmable_resnet50",
-        width=0.5,
-        resolution="high",
-        evaluation={**TEACHER_EVAL, "branch": "fused"},
-    )
+    baseline = make_config_run(tmp_path, "fcos_r50")
+    teacher_run = make_config_run(tmp_path, "teacher_from_config")
     rows = collect_runs([make_teacher_run(tmp_path), make_student_run(tmp_path), baseline, teacher_run])
     lines = table_to_markdown(rows).splitlines()
     assert lines[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"

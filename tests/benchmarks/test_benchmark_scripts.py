@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(script: str, *args: str, cwd: Path) -> str:
+    """``python -m benchmarks.<script>``, as from the repository root (which ``PYTHONPATH`` stands
+    for), in ``cwd`` so that what it writes stays there."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / script), *args],
-        capture_output=True, text=True, timeout=600, cwd=cwd, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"},
+        [sys.executable, "-m", f"benchmarks.{script}", *args], capture_output=True, text=True, timeout=600, cwd=cwd,
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
@@ -24,7 +26,7 @@ def _run(script: str, *args: str, cwd: Path) -> str:
 
 def test_gpu_throughput_tiny_cpu_run_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "table.json"
-    stdout = _run("gpu_throughput.py", "--device", "cpu", "--tiny", "--out", str(out), cwd=tmp_path)
+    stdout = _run("gpu_throughput", "--device", "cpu", "--tiny", "--out", str(out), cwd=tmp_path)
     table = json.loads(out.read_text())
     train = [r for r in table["rows"] if "img_per_s" in r]
     assert {(r["model"], r["mode"]) for r in train} == {
@@ -38,7 +40,7 @@ def test_gpu_throughput_tiny_cpu_run_writes_its_table(tmp_path: Path) -> None:
 
 
 def test_data_loader_quick_run_reports_rates_bytes_and_workers(tmp_path: Path) -> None:
-    stdout = _run("data_loader.py", "--quick", cwd=tmp_path)
+    stdout = _run("data_loader", "--quick", cwd=tmp_path)
     rates = dict(re.findall(r"^\| (msadkit|msadkit_float32|torchvision) \| ([\d.]+) \|", stdout, re.M))
     assert set(rates) == {"msadkit", "msadkit_float32", "torchvision"}
     bytes_ratio = float(re.search(r"bytes per sample = ([\d.]+)", stdout).group(1))
@@ -50,5 +52,5 @@ def test_data_loader_quick_run_reports_rates_bytes_and_workers(tmp_path: Path) -
 
 @pytest.mark.slow  # torch.compile of the demo FCOS takes minutes on a small CPU
 def test_compiled_step_quick_run(tmp_path: Path) -> None:
-    stdout = _run("compiled_step.py", "--quick", cwd=tmp_path)
+    stdout = _run("compiled_step", "--quick", cwd=tmp_path)
     assert re.search(r"RATIO compiled / eager step = [\d.]+", stdout)

@@ -21,9 +21,10 @@ def test_flattening_point_is_the_first_evaluation_the_rest_never_beats_by_more_t
 
 def test_quick_run_prints_a_curve_per_start(tmp_path):
     out = tmp_path / "runs"
-    env = dict(os.environ, OMP_NUM_THREADS="1")  # MSADKIT_CACHE: the test session's own cache
+    # MSADKIT_CACHE: the test session's own cache; PYTHONPATH: the repository root, where `-m` runs it from.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "convergence.py"), "--quick", "--out", str(out),
+        [sys.executable, "-m", "benchmarks.convergence", "--quick", "--out", str(out),
          "--lrs", "0.01", "--resolutions", "low", "--init", "scratch", "pretrained"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env,
     )

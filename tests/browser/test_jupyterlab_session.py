@@ -17,25 +17,13 @@ import nbformat
 import pytest
 
 from msadkit.notebook.runner import resolve_notebook
+from tests.tiny_runs import tiny_notebook_overrides
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 OUTPUTS = ".jp-OutputArea-output"
 # Fast enough that a notebook trains in seconds: 64 px synthetic images, small heads.
-TINY_64 = [
-    "data.synthetic.num_train=8",
-    "data.synthetic.num_val=4",
-    "data.synthetic.image_size=64",
-    "data.train_short_sides=[64]",
-    "data.train_max_size=64",
-    "data.test_short_side=64",
-    "data.test_max_size=64",
-    "data.num_workers=0",
-    "solver.batch_size=2",
-    "model.fpn.out_channels=32",
-    "model.fcos.num_convs=1",
-    "trainer.eval_batch_size=4",
-]
+TINY_64 = tiny_notebook_overrides(num_train=8, num_val=4) + ["data.num_workers=0", "trainer.eval_batch_size=4"]
 # MSAD runs for 03: the teacher's 0.5x branch needs 128 px images.
 TINY_MSAD = [o.replace("=64", "=128").replace("[64]", "[128]") for o in TINY_64 if "num_convs" not in o]
 

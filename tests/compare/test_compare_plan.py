@@ -8,7 +8,7 @@ import json
 import pytest
 
 from msadkit.compare import make_request, planned_runs, pretrain_jobs, tuning_runs
-from msadkit.compare.plan import BASELINE, CONTROL, METHOD, TEACHER
+from msadkit.compare.plan import ABLATION, BASELINE, CONTROL, METHOD, TEACHER
 from msadkit.compare.tuning import TUNING_NAME, choose_scale, write_tuning
 from msadkit.errors import ConfigError
 
@@ -61,8 +61,8 @@ def test_cross_resolution_plan_pairs_plain_teachers_across_resolutions_and_msad_
                            iterations=10, teacher_iterations=30)
     runs = planned_runs(request)["cross-resolution"]
     by = _by(runs)
-    assert {run.model for run in runs} == {"fcos_high", "msad_teacher", "baseline", "control", "msad_feature@msad",
-                                           "gid"}
+    assert {run.model for run in runs} == {"fcos_high", "msad_teacher", "baseline", "control", "teacher_init",
+                                           "msad_feature@msad", "gid"}
     for seed in (3, 4):
         msad, gid = by[("msad_feature@msad", seed)].job.config, by[("gid", seed)].job.config
         assert msad["distill"]["teacher"] == str(by[("msad_teacher", seed)].run_dir)
@@ -75,11 +75,18 @@ def test_cross_resolution_plan_pairs_plain_teachers_across_resolutions_and_msad_
             assert config["trainer"]["seed"] == seed
         assert by[("fcos_high", seed)].job.config["model"]["resolution"] == "high"
         assert by[("msad_teacher", seed)].job.config["model"]["arch"] == "msad_teacher"
+        # MSAD's ablation: the @msad student's start, teacher and terms, every term at weight 0.
+        ablation = by[("teacher_init", seed)]
+        assert ablation.kind == ABLATION and ablation.scale is None and ablation.iterations == 10
+        assert ablation.job.config["distill"]["teacher"] == msad["distill"]["teacher"]
+        assert ablation.job.config["distill"]["init_student_from_teacher"] is True
+        assert [(t["type"], t["weight"]) for t in ablation.job.config["distill"]["losses"]] == [("msad_feature", 0.0)]
+        assert [t["weight"] for t in msad["distill"]["losses"]] == [1.0]
     # The step-matched control: as many iterations as the teacher the student starts from, plus its own.
     assert by[("control", 3)].job.config["solver"]["max_iter"] == 40
     assert by[("baseline", 3)].job.config["solver"]["max_iter"] == 10
     assert by[("msad_teacher", 3)].job.config["solver"]["max_iter"] == 30
-    assert {run.kind for run in runs} == {TEACHER, BASELINE, CONTROL, METHOD}
+    assert {run.kind for run in runs} == {TEACHER, BASELINE, CONTROL, ABLATION, METHOD}
 
 
 def test_cross_resolution_without_an_msad_method_trains_only_the_plain_teacher(tmp_path):

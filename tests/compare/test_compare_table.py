@@ -73,8 +73,12 @@ def test_markdown_table_layout_statistics_and_marks(comparison):
     assert adl["APs"] == "12.0" and adl["APm"] == "22.0" and adl["APl"] == "-"
     # The control is compared too, outside the Holm family.
     control = cell["step-matched control"]
-    assert control["ΔAP"] == "+3.00" and control["p (Holm)"] == "(control)"
-    assert control["iterations"] == "8"
+    assert control["ΔAP"] == "+3.00" and control["p (Holm)"] == "(reference)"
+    assert control["iterations"] == "8" and control["Δ vs control [95 % CI]"] == ""
+    # adl - control: -3.0 -1.5 -1.5 -> mean -2.0, sd sqrt(0.75), half-width 4.3027 * sqrt(0.75) / sqrt(3).
+    half_control = 4.302652729911275 * math.sqrt(0.75) / math.sqrt(3)
+    assert adl["Δ vs control [95 % CI]"] == f"-2.00 [{-2 - half_control:+.2f}, {-2 + half_control:+.2f}]"
+    assert adl["Δ vs control [95 % CI]"] == "-2.00 [-4.15, +0.15]"
 
     notes = text.split("\n\n", 1)[1]
     assert "n = 3 seeds" in notes and "Holm-Bonferroni over the 2 method(s)" in notes
@@ -102,6 +106,29 @@ def test_csv_latex_and_figure_files(comparison, tmp_path):
     assert set(files) == {"markdown", "latex", "csv", "runs_csv", "figure"}
     pixels = np.asarray(Image.open(files["figure"]).convert("RGB"), dtype=np.float64)
     assert pixels.shape[1] > 500 and pixels.std() > 10.0
+
+
+def test_an_msad_method_is_compared_with_its_teacher_init_ablation(tmp_path):
+    request = make_request("cross-resolution", methods=["msad_feature@msad", "gid"], seeds=[0, 1, 2], out=tmp_path,
+                           quick=True)
+    aps = {"fcos_high": [30.0, 31.0, 32.0], "msad_teacher": [33.0, 34.0, 35.0], "baseline": [20.0, 22.0, 21.0],
+           "control": [24.0, 25.0, 23.0], "teacher_init": [24.0, 25.0, 25.5],
+           "msad_feature@msad": [25.0, 27.0, 26.0], "gid": [21.0, 22.0, 22.0]}
+    for run in planned_runs(request)["cross-resolution"]:
+        write_fake_run(run, aps[run.model][run.seed])
+    table = collect(request)["cross-resolution"]
+    text = markdown(table)
+    # msad - teacher_init: +1.0 +2.0 +0.5 -> mean 7/6, sample variance 7/12.
+    mean, half = 7 / 6, 4.302652729911275 * math.sqrt(7 / 12) / math.sqrt(3)
+    assert (f"msad_feature@msad minus the teacher-init ablation (same start, KD weight 0), paired by seed: "
+            f"+1.17 [{mean - half:+.2f}, {mean + half:+.2f}] AP") in text
+    assert "gid minus the teacher-init" not in text  # only @msad methods start from the MSAD teacher
+    ablation = next(line for line in text.splitlines() if line.startswith("| teacher-init ablation"))
+    assert "| 24.0 / 25.0 / 25.5 |" in ablation and "(reference)" in ablation
+    rows = {row["model"]: row for row in csv.DictReader(io.StringIO(csv_text(table)))}
+    assert float(rows["msad_feature@msad"]["ablation_delta_mean"]) == pytest.approx(mean)
+    assert float(rows["msad_feature@msad"]["control_delta_mean"]) == pytest.approx(2.0)
+    assert rows["gid"]["ablation_delta_mean"] == "" and rows["teacher_init"]["p_holm"] == ""
 
 
 def test_unfinished_runs_are_listed_and_left_out(tmp_path):

@@ -95,29 +95,34 @@ def test_a_chain_applies_the_base_first_and_the_child_last(tmp_path):
     assert "_base_" not in config
 
 
-def test_a_chain_that_includes_itself_is_refused(tmp_path):
-    (tmp_path / "a.yaml").write_text("_base_: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("_base_: a.yaml\n")
-    with pytest.raises(ConfigError) as caught:
-        load_config(tmp_path / "a.yaml")
-    assert str(caught.value) == f"config {tmp_path / 'a.yaml'} includes itself through _base_"
-
-
-def test_an_unknown_key_in_a_file_names_the_key_the_file_and_the_known_keys(tmp_path):
-    path = tmp_path / "typo.yaml"
-    path.write_text("solver:\n  base_lrr: 0.1\n")
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        pytest.param(
+            {"a.yaml": "_base_: b.yaml\n", "b.yaml": "_base_: a.yaml\n"},
+            "config {path} includes itself through _base_",
+            id="a-chain-that-includes-itself",
+        ),
+        pytest.param(
+            {"typo.yaml": "solver:\n  base_lrr: 0.1\n"},
+            "unknown config key 'solver.base_lrr' in {path} (known keys at this level: {known_solver_keys})",
+            id="an-unknown-key-names-the-key-the-file-and-the-known-keys",
+        ),
+        pytest.param(
+            {"flat.yaml": "solver: 3\n"},
+            "config key 'solver' in {path} must be a mapping, got 3",
+            id="a-value-where-a-mapping-belongs",
+        ),
+    ],
+)
+def test_a_bad_config_file_is_refused_with_its_exact_message(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    path = tmp_path / next(iter(files))  # the first file is the one loaded
     with pytest.raises(ConfigError) as caught:
         load_config(path)
-    known = ", ".join(sorted(default_config()["solver"]))
-    assert str(caught.value) == f"unknown config key 'solver.base_lrr' in {path} (known keys at this level: {known})"
-
-
-def test_a_value_where_a_mapping_belongs_is_refused(tmp_path):
-    path = tmp_path / "flat.yaml"
-    path.write_text("solver: 3\n")
-    with pytest.raises(ConfigError) as caught:
-        load_config(path)
-    assert str(caught.value) == f"config key 'solver' in {path} must be a mapping, got 3"
+    known_solver_keys = ", ".join(sorted(default_config()["solver"]))
+    assert str(caught.value) == message.format(path=path, known_solver_keys=known_solver_keys)
 
 
 # Overrides -----------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from msadkit.modeling.detectors.retinanet import RetinaNet
 from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.heads.retinanet_head import RetinaNetHead
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
+from tests.distill.peer_terms_setup import distil_batch
 from tests.tiny_detectors import TinyPyramid
 
 SHAPES = [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]  # a 64 x 64 batch at strides 8..128
@@ -367,10 +368,8 @@ def test_pairs_with_different_head_layouts_are_refused(student, teacher, message
 def test_training_step_through_a_distiller(arch, channels, options):
     build = tiny_fcos if arch == "fcos" else tiny_retinanet
     student, teacher = build(channels[0], seed=0), build(channels[1], seed=1)
-    term = build_term({"type": "crosskd", "weight": 2.0, **options}, student=student, teacher=teacher)
-    distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
     images = torch.randn(2, 3, 96, 64, generator=torch.Generator().manual_seed(3))
-    losses = distiller(images, None, TARGETS)
+    losses, term = distil_batch({"type": "crosskd", "weight": 2.0, **options}, student, teacher, images, TARGETS)
     keys = ("loss_crosskd_cls", "loss_crosskd_reg")
     assert set(keys) <= set(losses) and all(torch.isfinite(losses[k]) and losses[k].item() > 0 for k in keys)
     sum(losses[k] for k in keys).backward()
@@ -384,9 +383,8 @@ def test_training_step_through_a_distiller(arch, channels, options):
 def test_low_resolution_student_paired_with_teacher_levels_one_up():
     student = tiny_fcos(8, seed=0, levels=("p3", "p4", "p5", "p6"), downsample=2)
     teacher = tiny_fcos(8, seed=1, levels=("p4", "p5", "p6", "p7"))
-    term = build_term({"type": "crosskd"}, student=student, teacher=teacher)
-    distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
-    losses = distiller(torch.randn(2, 3, 128, 96), None, TARGETS)
+    images = torch.randn(2, 3, 128, 96, generator=torch.Generator().manual_seed(3))
+    losses, _ = distil_batch({"type": "crosskd"}, student, teacher, images, TARGETS)
     assert torch.isfinite(losses["loss_crosskd_cls"]) and torch.isfinite(losses["loss_crosskd_reg"])
 
 

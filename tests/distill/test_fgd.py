@@ -15,13 +15,8 @@ from msadkit.distill.fgd import OPTIONS, FGDLoss
 from msadkit.distill.fgd_masks import fgd_masks
 from msadkit.distill.registry import TERMS, build_term
 from msadkit.errors import ConfigError, InputError
-from msadkit.modeling.detectors.anchors import AnchorGenerator, retinanet_anchor_sizes
-from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.detectors.retinanet import RetinaNet
-from msadkit.modeling.heads.fcos_head import FCOSHead
-from msadkit.modeling.heads.retinanet_head import RetinaNetHead
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
-from tests.tiny_detectors import TinyPyramid
+from tests.distill.peer_terms_setup import distil_batch, reaches_the_student, tiny_fcos, tiny_retinanet
 
 KEYS = ("fg", "bg", "attention", "global")
 
@@ -244,27 +239,6 @@ def test_an_edge_on_a_cell_border_stays_there():
     assert fg[0, 0].nonzero().flatten().tolist() == list(range(0, 32))
 
 
-def tiny_fcos(channels: int, *, seed: int, levels=("p3", "p4", "p5", "p6", "p7"), input_downsample: int = 1) -> FCOS:
-    torch.manual_seed(seed)
-    head = FCOSHead(in_channels=channels, num_classes=3, num_convs=1, norm="", num_levels=len(levels))
-    strides = tuple(8 * 2**i for i in range(len(levels)))
-    return FCOS(
-        backbone=TinyPyramid(channels),
-        head=head,
-        num_classes=3,
-        in_features=levels,
-        strides=strides,
-        input_downsample=input_downsample,
-    )
-
-
-def tiny_retinanet(channels: int, *, seed: int) -> RetinaNet:
-    torch.manual_seed(seed)
-    generator = AnchorGenerator(sizes=retinanet_anchor_sizes((16, 32, 64, 128, 256)))
-    head = RetinaNetHead(in_channels=channels, num_classes=3, num_convs=1)
-    return RetinaNet(backbone=TinyPyramid(channels), head=head, num_classes=3, anchor_generator=generator)
-
-
 TARGETS = [
     {"boxes": torch.tensor([[8.0, 8.0, 40.0, 56.0]]), "labels": torch.tensor([1])},
     {"boxes": torch.tensor([[0.0, 16.0, 30.0, 40.0], [20.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([0, 2])},
@@ -298,15 +272,13 @@ def test_registered_and_defaults_are_the_official_retinanet_config():
 def test_training_step_through_a_distiller(arch, student_channels, teacher_channels):
     build = tiny_fcos if arch == "fcos" else tiny_retinanet
     student, teacher = build(student_channels, seed=0), build(teacher_channels, seed=1)
-    term = build_term({"type": "fgd", "weight": 2.0}, student=student, teacher=teacher)
-    distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
     images = torch.randn(2, 3, 96, 64, generator=torch.Generator().manual_seed(3))
-    losses = distiller(images, None, TARGETS)
+    losses, term = distil_batch({"type": "fgd", "weight": 2.0}, student, teacher, images, TARGETS)
     keys = [f"loss_fgd_{key}" for key in KEYS]
     assert set(keys) <= set(losses)
     assert all(torch.isfinite(losses[key]) and losses[key].item() > 0 for key in keys)
     sum(losses[key] for key in keys).backward()
-    assert student.backbone.stem.weight.grad.abs().sum() > 0
+    assert reaches_the_student(student)
     assert all(p.grad is None for p in teacher.parameters())
     assert term.teacher_context[0].channel_add[-1].weight.grad.abs().sum() > 0  # the teacher's GcBlock learns
     assert (term.adapters is not None) == (student_channels != teacher_channels)
@@ -319,9 +291,8 @@ def test_low_resolution_student_paired_with_teacher_levels_one_up():
     # whole padded batch, so the boxes land on the same cells of both.
     student = tiny_fcos(8, seed=0, levels=("p3", "p4", "p5", "p6"), input_downsample=2)
     teacher = tiny_fcos(8, seed=1, levels=("p4", "p5", "p6", "p7"))
-    term = build_term({"type": "fgd"}, student=student, teacher=teacher)
-    distiller = Distiller(student=student, teacher=teacher, losses=[term]).train()
-    losses = distiller(torch.randn(2, 3, 128, 96), None, TARGETS)
+    images = torch.randn(2, 3, 128, 96, generator=torch.Generator().manual_seed(3))
+    losses, _ = distil_batch({"type": "fgd"}, student, teacher, images, TARGETS)
     assert all(torch.isfinite(losses[f"loss_fgd_{key}"]) for key in KEYS)
 
 

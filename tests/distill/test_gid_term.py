@@ -13,34 +13,20 @@ from msadkit.distill.gid.losses import GIDWeights
 from msadkit.distill.gid.term import GeneralInstanceDistillationTerm
 from msadkit.distill.registry import TERMS, build_term
 from msadkit.errors import ConfigError
-from msadkit.modeling.detectors.anchors import AnchorGenerator, retinanet_anchor_sizes
 from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.detectors.retinanet import RetinaNet
-from msadkit.modeling.heads.fcos_head import FCOSHead
-from msadkit.modeling.heads.retinanet_head import RetinaNetHead
 from msadkit.modeling.outputs import StudentOutputs
-from tests.tiny_detectors import TinyPyramid, one_level_retinanet
+from tests.distill import peer_terms_setup
+from tests.distill.peer_terms_setup import tiny_retinanet
+from tests.tiny_detectors import one_level_retinanet
 
 KEYS = {"loss_gid_feature", "loss_gid_relation", "loss_gid_response_cls", "loss_gid_response_reg"}
 
 
 
-def tiny_retinanet(channels: int, *, seed: int = 0) -> RetinaNet:
-    torch.manual_seed(seed)
-    generator = AnchorGenerator(sizes=retinanet_anchor_sizes((16, 32, 64, 128, 256)))
-    head = RetinaNetHead(in_channels=channels, num_classes=3, num_convs=1)
-    return RetinaNet(backbone=TinyPyramid(channels), head=head, num_classes=3, anchor_generator=generator)
-
-
 def tiny_fcos(channels: int, *, seed: int = 0) -> FCOS:
-    torch.manual_seed(seed)
-    head = FCOSHead(in_channels=channels, num_classes=3, num_convs=1, norm="")
-    # A freshly initialised head predicts near-empty boxes, which the GI selection drops; these
-    # weights give boxes a few strides wide, as after some training.
-    nn.init.normal_(head.bbox_pred.weight, std=1.0)
-    for scale in head.scales:
-        nn.init.constant_(scale.scale, 4.0)
-    return FCOS(backbone=TinyPyramid(channels), head=head, num_classes=3)
+    """The shared tiny FCOS with boxes wide enough for GID's selection (tests/test_architecture.py
+    draws general instances with it too)."""
+    return peer_terms_setup.tiny_fcos(channels, seed=seed, wide_boxes=True)
 
 
 def one_level_fcos(stride: int = 8) -> FCOS:

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from msadkit.distill.msad import kd_ramp, make_feature_adapters, msad_feature_loss
+from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.msad import kd_ramp, msad_feature_loss
 
 
 def _constant_levels():

@@ -13,9 +13,8 @@ from torchvision.ops import box_iou
 
 from msadkit.distill.registry import build_term
 from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.heads.fcos_head import FCOSHead
 from msadkit.modeling.outputs import StudentOutputs, TeacherOutputs
-from tests.tiny_detectors import TinyPyramid
+from tests.distill.peer_terms_setup import tiny_fcos
 
 # ADL ---------------------------------------------------------------------------------------------
 
@@ -74,19 +73,9 @@ def test_adl_alpha_beta_gamma_reach_the_loss(options):
 # GID ---------------------------------------------------------------------------------------------
 
 
-def _tiny_fcos(channels: int, seed: int) -> FCOS:
-    torch.manual_seed(seed)
-    head = FCOSHead(in_channels=channels, num_classes=3, num_convs=1, norm="")
-    # Boxes a few strides wide, of varied sizes, as after some training.
-    nn.init.normal_(head.bbox_pred.weight, std=1.0)
-    for scale in head.scales:
-        nn.init.constant_(scale.scale, 4.0)
-    return FCOS(backbone=TinyPyramid(channels), head=head, num_classes=3)
-
-
 @pytest.fixture(scope="module")
 def gid_setting():
-    student, teacher = _tiny_fcos(8, seed=0), _tiny_fcos(8, seed=1)
+    student, teacher = tiny_fcos(8, seed=0, wide_boxes=True), tiny_fcos(8, seed=1, wide_boxes=True)
     torch.manual_seed(5)
     images = torch.randn(2, 3, 96, 96)
     levels = student.select_levels(student.extract_features(images))

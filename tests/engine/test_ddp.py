@@ -1,11 +1,10 @@
 """Two-process DDP on CPU (gloo): both ranks train and end with identical weights."""
 
-import subprocess
-import sys
 import textwrap
 
 import torch
 
+from tests.child_process import TWO_CPU_PROCESSES, run_script
 from tests.conftest import tiny_training_overrides
 
 SCRIPT = textwrap.dedent(
@@ -36,23 +35,12 @@ SCRIPT = textwrap.dedent(
 
 
 def test_two_process_ddp_ends_with_identical_weights(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(SCRIPT)
     overrides = tiny_training_overrides(tmp_path / "run", max_iter=3) + [
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
+        *TWO_CPU_PROCESSES,
         # Each rank sees 2 of the 8 images per step, so the ranks get different batches.
         "data.synthetic.num_train=8",
     ]
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), *overrides],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_script(SCRIPT, tmp_path, str(tmp_path), *overrides, timeout=300)
     rank0 = torch.load(tmp_path / "rank0.pt")
     rank1 = torch.load(tmp_path / "rank1.pt")
     assert rank0["world_size"] == rank1["world_size"] == 2

@@ -134,44 +134,42 @@ def test_more_than_ten_bad_image_or_category_ids_in_results_list_the_first_ten(
 # coco_evaluate: ground-truth files ------------------------------------------------------------
 
 
-def test_an_image_or_category_without_id_is_a_dataset_error(tmp_path):
-    annotation = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}
-    no_image_id = _write(
-        tmp_path / "images.json", [{"width": 4}], [annotation], [{"id": 1}]
-    )
-    with pytest.raises(DatasetError) as error:
-        coco_evaluate(no_image_id, [])
-    assert (
-        str(error.value)
-        == f"COCO ground-truth file {no_image_id}: images[0] has no 'id'"
-    )
-    no_category_id = _write(
-        tmp_path / "categories.json",
-        [{"id": 1}],
-        [annotation],
-        [{"id": 1}, {"name": "b"}],
-    )
-    with pytest.raises(DatasetError) as error:
-        coco_evaluate(no_category_id, [])
-    assert (
-        str(error.value)
-        == f"COCO ground-truth file {no_category_id}: categories[1] has no 'id'"
-    )
+ANNOTATION = {"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4, 4]}
 
 
-def test_a_bbox_with_three_numbers_is_a_dataset_error(tmp_path):
-    gt_path = _write(
-        tmp_path / "gt.json",
-        [{"id": 1}],
-        [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 4]}],
-        [{"id": 1}],
-    )
+@pytest.mark.parametrize(
+    "images, annotations, categories, problem",
+    [
+        pytest.param(
+            [{"width": 4}],
+            [ANNOTATION],
+            [{"id": 1}],
+            "images[0] has no 'id'",
+            id="image-without-id",
+        ),
+        pytest.param(
+            [{"id": 1}],
+            [ANNOTATION],
+            [{"id": 1}, {"name": "b"}],
+            "categories[1] has no 'id'",
+            id="category-without-id",
+        ),
+        pytest.param(
+            [{"id": 1}],
+            [{**ANNOTATION, "bbox": [0, 0, 4]}],
+            [{"id": 1}],
+            "annotations[0] bbox [0, 0, 4] is not [x, y, w, h]",
+            id="bbox-with-three-numbers",
+        ),
+    ],
+)
+def test_a_malformed_ground_truth_file_is_a_dataset_error(
+    tmp_path, images, annotations, categories, problem
+):
+    gt_path = _write(tmp_path / "gt.json", images, annotations, categories)
     with pytest.raises(DatasetError) as error:
         coco_evaluate(gt_path, [])
-    assert (
-        str(error.value)
-        == f"COCO ground-truth file {gt_path}: annotations[0] bbox [0, 0, 4] is not [x, y, w, h]"
-    )
+    assert str(error.value) == f"COCO ground-truth file {gt_path}: {problem}"
 
 
 def test_a_missing_area_is_width_times_height(tmp_path):

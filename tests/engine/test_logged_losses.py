@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -16,6 +13,7 @@ from msadkit.config import load_config
 from msadkit.engine.train.metrics_logger import read_metrics
 from msadkit.engine.train.trainer import train
 from msadkit.engine.train.validation import validation_rows
+from tests.child_process import TWO_CPU_PROCESSES, run_script
 from tests.conftest import tiny_training_overrides
 
 DDP_SCRIPT = textwrap.dedent(
@@ -56,28 +54,14 @@ def csv_rows(run):
 
 
 def test_two_process_ddp_logs_the_mean_of_the_ranks_losses(tmp_path):
-    script = tmp_path / "ddp_train.py"
-    script.write_text(DDP_SCRIPT)
     run = tmp_path / "run"
     args = tiny_training_overrides(run, max_iter=3) + [
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
+        *TWO_CPU_PROCESSES,
         # Each rank sees its own 2 of the 8 images per step: different losses.
         "data.synthetic.num_train=8",
         "trainer.loggers=[csv]",
     ]
-    # The package of this checkout, whatever the interpreter has installed.
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_script(DDP_SCRIPT, tmp_path, str(tmp_path), *args, timeout=300)
     ranks = [read_jsonl(tmp_path / f"rank{rank}.jsonl") for rank in (0, 1)]
     records = {record["iter"]: record for record in read_metrics(run / "metrics.jsonl")}
     assert sorted(records) == sorted(ranks[0]) == sorted(ranks[1]) == [1, 2, 3]

@@ -4,9 +4,6 @@ iteration progress bar and no Lightning warnings."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 
 import lightning as L
@@ -16,7 +13,9 @@ from msadkit.config import load_config
 from msadkit.engine.train.metrics_logger import read_metrics
 from msadkit.engine.train.trainer import train
 from msadkit.utils.checkpoint import load_checkpoint_file
+from tests.child_process import run_python
 from tests.conftest import tiny_training_overrides
+from tests.engine.test_reliability_exact_resume import InterruptAt, Interrupted
 
 
 def checkpoint_names(run):
@@ -52,28 +51,20 @@ def test_a_resume_removes_the_checkpoints_it_supersedes(tmp_path):
     assert checkpoint_names(run) == ["iter_step=0000004.ckpt", "last.ckpt"]
 
 
-class Interrupted(RuntimeError):
-    pass
-
-
-class SlowFirstIterationThenStop(L.Callback):
-    """One second inside iteration 1, then a crash before iteration ``stop + 1`` (its checkpoint written)."""
-
-    def __init__(self, stop: int) -> None:
-        self.stop = stop
+class SlowFirstIteration(L.Callback):
+    """One second inside iteration 1: the time metrics.jsonl records for it has a known lower bound."""
 
     def on_train_batch_start(self, trainer, *args) -> None:
         if trainer.global_step == 0:
             time.sleep(1.0)
-        if trainer.global_step == self.stop:
-            raise Interrupted
 
 
 def test_metrics_time_continues_across_a_resume(tmp_path):
     run = tmp_path / "run"
     args = tiny_training_overrides(run, max_iter=5)
     with pytest.raises(Interrupted):
-        train(load_config("fcos_demo", args), callbacks=[SlowFirstIterationThenStop(3)], evaluate=False)
+        # A crash before iteration 4, its checkpoint written.
+        train(load_config("fcos_demo", args), callbacks=[SlowFirstIteration(), InterruptAt(3)], evaluate=False)
     train(load_config("fcos_demo", args), resume=True, evaluate=False)
     times = {record["iter"]: record["time"] for record in read_metrics(run / "metrics.jsonl")}
     assert sorted(times) == [1, 2, 3, 4, 5]
@@ -86,16 +77,7 @@ def test_a_short_run_shows_an_iteration_bar_and_no_lightning_warning(tmp_path):
     """A log period longer than an epoch (4 iterations) once made Lightning warn; the bar said ``Epoch 1/-2``."""
     args = tiny_training_overrides(tmp_path / "run", max_iter=6)
     args += ["trainer.log_period=20", "trainer.progress_bar=true"]
-    env = dict(os.environ, PYTHONPATH=os.getcwd(), OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [sys.executable, "-m", "msadkit.cli", "train", "fcos_demo", *args, "--no-eval"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_python("-m", "msadkit.cli", "train", "fcos_demo", *args, "--no-eval", cwd=tmp_path, timeout=300)
     output = result.stdout + result.stderr
     assert "Warning" not in output and "site-packages" not in output, output[-3000:]
     assert "Epoch" not in output and "/-2" not in output

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from msadkit.engine.train.metrics_logger import read_metrics
 from msadkit.engine.train.validation import validation_rows
+from tests.child_process import TWO_CPU_PROCESSES, run_script
 from tests.conftest import tiny_training_overrides
 
 SCRIPT = textwrap.dedent(
@@ -46,13 +45,9 @@ SCRIPT = textwrap.dedent(
 
 @pytest.mark.slow
 def test_two_ranks_gather_every_image_once(tmp_path):
-    script = tmp_path / "ddp_validate.py"
-    script.write_text(SCRIPT)
     run = tmp_path / "run"
     overrides = tiny_training_overrides(run, max_iter=4) + [
-        "trainer.accelerator=cpu",
-        "trainer.devices=2",
-        "trainer.strategy=ddp",
+        *TWO_CPU_PROCESSES,
         "trainer.eval_period=2",
         # 5 images on 2 ranks: the distributed sampler gives the first image to both (with seed 2 it
         # has objects), and eval_batch_size 2 splits each rank's share over several batches.
@@ -60,10 +55,7 @@ def test_two_ranks_gather_every_image_once(tmp_path):
         "data.synthetic.seed=2",
         "trainer.eval_batch_size=2",
     ]
-    result = subprocess.run(
-        [sys.executable, str(script), *overrides], capture_output=True, text=True, timeout=600, cwd=tmp_path
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_script(SCRIPT, tmp_path, *overrides)
     rows = validation_rows(read_metrics(run / "metrics.jsonl"))
     assert [row["iter"] for row in rows] == [2, 4]
     # A duplicated image would add false positives; an image of rank 1 left out would be missed.

@@ -11,7 +11,7 @@ from msadkit.engine.train.trainer import build_training_model, train
 from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import load_checkpoint_file, save_atomic
-from msadkit.utils.run_folder import write_run_config
+from tests.tiny_runs import write_teacher_run
 
 TINY = ["model.fpn.out_channels=32", "model.fcos.num_convs=1"]
 
@@ -24,18 +24,8 @@ def student_config(teacher, *overrides):
 def teacher_run(tmp_path_factory):
     """A teacher run folder (config.yaml + model_final.pth) with non-trivial weights."""
     run = tmp_path_factory.mktemp("teacher")
-    config = load_config("msad/msad_teacher_demo", [*TINY, f"output_dir={run}"])
-    torch.manual_seed(0)
-    teacher = build_model(config)
-    with torch.no_grad():
-        for param in teacher.parameters():
-            param.add_(0.01 * torch.randn_like(param))
-        # BN running statistics away from (0, 1), so that a teacher in train mode would show.
-        for name, buffer in teacher.named_buffers():
-            if name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-    write_run_config(run, config)
-    save_atomic({"model": teacher.state_dict(), "config": config}, run / "model_final.pth")
+    # BN running statistics away from (0, 1), so that a teacher in train mode would show.
+    write_teacher_run(run, "msad/msad_teacher_demo", TINY, spread_batchnorm_statistics=True)
     return run
 
 

@@ -39,15 +39,6 @@ def fake_features(height: int, width: int, channels=SMALL_CHANNELS, seed: int = 
     }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """The tensors here are tiny: a thread pool only adds overhead, badly so on a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # ---------------------------------------------------------------------------------------------
 # Norms
 

@@ -8,14 +8,10 @@ value is recomputed there with ``ramp=1`` so the logged value can be checked aga
 import json
 
 import pytest
-import torch
 
 import msadkit.distill.msad as msad_module
 from msadkit.cli import main
-from msadkit.config import load_config
-from msadkit.modeling.registry import build_model
-from msadkit.utils.checkpoint import save_atomic
-from msadkit.utils.run_folder import write_run_config
+from tests.tiny_runs import write_teacher_run
 
 WEIGHT = 2.5
 RAMP_ITERS = 4
@@ -25,14 +21,7 @@ MODEL = ["model.fpn.out_channels=32", "model.fcos.num_convs=1"]
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("teacher")
-    config = load_config("msad/msad_teacher_demo", [*MODEL, f"output_dir={run}"])
-    torch.manual_seed(0)
-    teacher = build_model(config)
-    with torch.no_grad():
-        for param in teacher.parameters():
-            param.add_(0.01 * torch.randn_like(param))
-    write_run_config(run, config)
-    save_atomic({"model": teacher.state_dict(), "config": config}, run / "model_final.pth")
+    write_teacher_run(run, "msad/msad_teacher_demo", MODEL)
     return run
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from torch import nn
 
-from msadkit.distill.adapters import make_feature_adapters
+from msadkit.distill.adapters import adapters_if_widths_differ
 from msadkit.distill.distiller import DistillationLoss, LossDict, Targets
 from msadkit.distill.gid.losses import (
     GIDWeights,
@@ -42,7 +42,7 @@ from msadkit.distill.gid.selection import (
     GeneralInstances,
     select_from_outputs,
 )
-from msadkit.distill.layout import check_same_layout, check_same_prediction_shape, feature_channels
+from msadkit.distill.layout import check_same_layout, check_same_prediction_shape, fpn_widths
 from msadkit.distill.options import resolve_options
 from msadkit.errors import ConfigError
 from msadkit.modeling.outputs import DenseOutputs, StudentOutputs, TeacherOutputs
@@ -122,11 +122,9 @@ class GeneralInstanceDistillationTerm(DistillationLoss):
         self.fcos_centerness = bool(fcos_centerness)
         # A ModuleList registers the adapters: they are trained with the student and checkpointed
         # with the distiller (the public reproduction kept them in a plain list, docs/methods.md §3.2).
-        self.adapters: nn.ModuleList | None = None
-        if student_channels != teacher_channels:
-            self.adapters = make_feature_adapters(
-                student_channels, teacher_channels, num_levels=num_levels, kernel_size=adapter_kernel_size
-            )
+        self.adapters = adapters_if_widths_differ(
+            student_channels, teacher_channels, num_levels=num_levels, kernel_size=adapter_kernel_size
+        )
 
     def select(
         self, student: DenseOutputs, teacher: DenseOutputs, image_sizes: list[tuple[int, int]]
@@ -224,11 +222,7 @@ def build_gid_term(
             response_reg=resolved.pop("response_reg_weight"),
         )
         return GeneralInstanceDistillationTerm(
-            **resolved,
-            weights=weights,
-            student_channels=feature_channels(student, term="gid", role="student"),
-            teacher_channels=feature_channels(teacher, term="gid", role="teacher"),
-            num_levels=len(student.strides),
+            **resolved, weights=weights, **fpn_widths(student, teacher, term="gid"), num_levels=len(student.strides)
         )
     except ValueError as exc:
         raise ConfigError(f"distill.losses entry of type 'gid': {exc}") from None

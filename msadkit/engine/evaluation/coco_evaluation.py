@@ -39,6 +39,7 @@ __all__ = [
     "read_gt_json",
     "check_results",
     "make_coco",
+    "make_coco_pair",
 ]
 
 AP_KEYS: tuple[str, ...] = AP_METRICS
@@ -114,14 +115,7 @@ def coco_evaluate_with_summary(
 
     captured = io.StringIO()
     with contextlib.redirect_stdout(captured):
-        gt = make_coco(coco_cls, dataset)
-        if coco_results:
-            # loadRes writes "area", "id" and "iscrowd" into the entries it gets: give it copies.
-            dt = gt.loadRes([dict(entry) for entry in coco_results])
-        else:
-            # loadRes indexes results[0] and fails on an empty list, so build the empty set directly.
-            empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
-            dt = make_coco(coco_cls, {**empty, "annotations": []})
+        gt, dt = make_coco_pair(coco_cls, dataset, coco_results)
         # faster-coco-eval prints its summary through a logger by default; handing it print puts the
         # summary table into the captured text as with pycocotools (it adds two AR lines).
         extra = {"print_function": print} if backend == "faster_coco_eval" else {}
@@ -284,3 +278,18 @@ def make_coco(coco_cls: type, dataset: dict) -> Any:
     coco.dataset = dataset
     coco.createIndex()
     return coco
+
+
+def make_coco_pair(coco_cls: type, dataset: dict, coco_results: list[dict]) -> tuple[Any, Any]:
+    """The ground-truth and the detection COCO API objects of ``dataset`` and its checked results.
+
+    Call it inside a stdout capture: the COCO API prints while it indexes. An empty result list (an
+    untrained model) gives an empty detection set.
+    """
+    gt = make_coco(coco_cls, dataset)
+    if coco_results:
+        # loadRes writes "area", "id" and "iscrowd" into the entries it gets: give it copies.
+        return gt, gt.loadRes([dict(entry) for entry in coco_results])
+    # loadRes indexes results[0] and fails on an empty list, so build the empty set directly.
+    empty = {"images": list(dataset["images"]), "categories": list(dataset["categories"])}
+    return gt, make_coco(coco_cls, {**empty, "annotations": []})

@@ -4,19 +4,24 @@ The split follows detectron2's ``DenseDetector``: the head only predicts; target
 and post-processing are methods of the detector that take the raw per-level predictions. A
 distiller calls :meth:`DenseDetector.extract_features`, :meth:`DenseDetector.predict` and
 :meth:`DenseDetector.losses` itself and so sees features and predictions of both models.
+
+:meth:`DenseDetector.losses` and :meth:`DenseDetector.postprocess` are written once here; a
+detector supplies the steps that differ: its assignment and loss terms, and per level how it
+scores and decodes candidates.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from msadkit.errors import InputError
+from msadkit.modeling.detection_model import DetectionModel, check_batch_count
 from msadkit.modeling.detectors.postprocess import select_detections
 from msadkit.modeling.image_batch import check_image_batch
+from msadkit.modeling.levels import HIGH_RES_FEATURES, HIGH_RES_STRIDES
 from msadkit.modeling.outputs import DenseOutputs, TeacherOutputs
 
 __all__ = ["DenseDetector", "downsample_nearest", "permute_to_nhwk"]
@@ -37,18 +42,20 @@ def permute_to_nhwk(tensor: Tensor, k: int) -> Tensor:
     return tensor.view(n, -1, k, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, k)
 
 
-class DenseDetector(nn.Module):
+class DenseDetector(DetectionModel):
     """A backbone with FPN, a dense head and the glue between them.
 
-    Subclasses implement :meth:`losses` and :meth:`postprocess`.
+    Subclasses implement the assignment and loss hooks of :meth:`losses` (:meth:`loss_assignment`,
+    :meth:`assigned_losses`) and the per-level hooks of :meth:`postprocess` (:meth:`level_outputs`,
+    :meth:`level_candidates`).
 
     Args:
         backbone: module mapping images ``(N, 3, H, W)`` to a dict of FPN maps (``"p2".."p7"``).
         head: module mapping a list of per-level maps to a dict of per-level raw predictions.
-        in_features: names of the FPN levels the head runs on, finest first.
-        strides: stride of each level in ``in_features`` in input pixels. A low-resolution MSAD
-            branch runs on ``p2..p6`` of a half-size image with the high-resolution strides
-            ``(8, ..., 128)``.
+        in_features: names of the FPN levels the head runs on, finest first (default ``p3..p7``).
+        strides: stride of each level in ``in_features`` in input pixels (default ``8..128``). A
+            low-resolution MSAD branch runs on ``p2..p6`` of a half-size image with the
+            high-resolution strides ``(8, ..., 128)``.
         num_classes: number of foreground classes.
         input_downsample: 1 for the image as given; 2 for a low-resolution detector that sees the
             nearest-neighbour 0.5x copy of the (padded) batch, as MSAD's low-res branch, student and
@@ -65,9 +72,9 @@ class DenseDetector(nn.Module):
         *,
         backbone: nn.Module,
         head: nn.Module,
-        in_features: Sequence[str],
-        strides: Sequence[int],
         num_classes: int,
+        in_features: Sequence[str] = HIGH_RES_FEATURES,
+        strides: Sequence[int] = HIGH_RES_STRIDES,
         input_downsample: int = 1,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
@@ -96,12 +103,20 @@ class DenseDetector(nn.Module):
         self.nms_thresh = nms_thresh
         self.detections_per_image = detections_per_image
 
+    def check_batch(self, images: Tensor) -> None:
+        """Raise :class:`~msadkit.errors.InputError` unless ``images`` is a finite float ``(N, 3, H, W)`` batch."""
+        check_image_batch(images, type(self).__name__, require_finite=True)
+
     def extract_features(self, images: Tensor) -> dict[str, Tensor]:
-        """Run backbone and FPN: ``(N, 3, H, W)`` -> dict of ``(N, C, Hi, Wi)`` maps.
+        """Check the batch, then run backbone and FPN: ``(N, 3, H, W)`` -> dict of ``(N, C, Hi, Wi)`` maps."""
+        self.check_batch(images)
+        return self.checked_features(images)
+
+    def checked_features(self, images: Tensor) -> dict[str, Tensor]:
+        """Backbone and FPN on a batch that passed :meth:`check_batch` (``forward`` checks it first).
 
         A low-resolution detector (``input_downsample=2``) first takes the 0.5x nearest copy.
         """
-        check_image_batch(images, type(self).__name__, require_finite=True)
         if self.input_downsample != 1:
             images = downsample_nearest(images, self.input_downsample)
         return self.backbone(images)
@@ -204,8 +219,34 @@ class DenseDetector(nn.Module):
         image_shape: tuple[int, int],
         strides: Sequence[int] | None = None,
     ) -> dict[str, Tensor]:
+        """The ground-truth losses of one branch, in float32.
+
+        Args:
+            predictions: raw per-level head outputs, ``"cls_logits"`` ``[(N, A*K, Hi, Wi)]`` and the
+                detector's box outputs.
+            targets: per image ``{"boxes": (M, 4), "labels": (M,)}`` in input pixels.
+            image_shape: padded ``(H, W)`` of the batch; locations and anchors follow the level
+                shapes, so no detector needs it.
+            strides: per level strides overriding the configured ones (MSAD low-res branch).
+
+        Returns:
+            ``{loss name: scalar}`` of :meth:`assigned_losses`.
+        """
+        check_batch_count(len(targets), "targets", predictions["cls_logits"][0].shape[0])
+        return self.assigned_losses(predictions, self.loss_assignment(predictions, targets, strides))
+
+    def loss_assignment(
+        self, predictions: dict[str, list[Tensor]], targets: list[dict[str, Tensor]], strides: Sequence[int] | None
+    ) -> Any:
+        """What :meth:`assigned_losses` needs of the ground truth: ``targets`` assigned to the
+        locations/anchors of ``predictions`` (``strides`` None: the configured ones)."""
         raise NotImplementedError
 
+    def assigned_losses(self, predictions: dict[str, list[Tensor]], assigned: Any) -> dict[str, Tensor]:
+        """The loss terms of ``predictions`` against an assignment of :meth:`loss_assignment`."""
+        raise NotImplementedError
+
+    @torch.no_grad()
     def postprocess(
         self,
         predictions: dict[str, list[Tensor]],
@@ -213,30 +254,52 @@ class DenseDetector(nn.Module):
         image_shape: tuple[int, int],
         strides: Sequence[int] | None = None,
     ) -> list[dict[str, Tensor]]:
-        raise NotImplementedError
+        """Detections per image.
 
-    def forward(
-        self,
-        images: Tensor,
-        image_sizes: list[tuple[int, int]] | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Losses in training mode (``targets`` required), detections in eval mode.
+        Each level keeps the ``topk_candidates`` best (location/anchor, class) pairs with probability
+        above ``score_thresh`` (:meth:`level_candidates`); their decoded boxes are clipped to the
+        image's valid size, boxes left empty by clipping are dropped, and class-wise NMS keeps the
+        ``detections_per_image`` best (:meth:`select_detections`).
 
         Args:
-            images: ``(N, 3, H, W)`` normalised, padded batch.
-            image_sizes: valid ``(h, w)`` per image; defaults to the padded size.
-            targets: per image ``{"boxes": (M, 4) xyxy, "labels": (M,)}``.
+            predictions: raw head outputs, as in :meth:`losses`.
+            image_sizes: valid ``(h, w)`` of every image.
+            image_shape: padded ``(H, W)`` of the batch (unused: clipping uses ``image_sizes``).
+            strides: per level strides overriding the configured ones.
+
+        Returns:
+            Per image ``{"boxes": (D, 4) float32, "scores": (D,) float32, "labels": (D,) int64}``,
+            sorted by decreasing score.
         """
-        features = self.extract_features(images)
-        predictions = self.predict(self.select_levels(features))
-        image_shape = (images.shape[-2], images.shape[-1])
-        if self.training:
-            if targets is None:
-                raise InputError("targets are required in training mode")
-            if len(targets) != images.shape[0]:
-                raise InputError(f"got {len(targets)} targets for a batch of {images.shape[0]} images")
-            return self.losses(predictions, targets, image_shape)
-        if image_sizes is None:
-            image_sizes = [image_shape] * images.shape[0]
-        return self.postprocess(predictions, image_sizes, image_shape)
+        num_images = predictions["cls_logits"][0].shape[0]
+        check_batch_count(len(image_sizes), "image_sizes", num_images)
+        levels = self.level_outputs(predictions, strides)
+        results = []
+        for i in range(num_images):
+            boxes, scores, labels = zip(*[self.level_candidates(level, i) for level in levels])
+            results.append(self.select_detections(list(boxes), list(scores), list(labels), image_sizes[i]))
+        return results
+
+    def level_outputs(
+        self, predictions: dict[str, list[Tensor]], strides: Sequence[int] | None
+    ) -> list[tuple[Tensor, ...]]:
+        """Per level, what :meth:`level_candidates` reads: the batch's float32 probabilities and box
+        outputs, flattened per image, with the level's locations or anchors in input pixels."""
+        raise NotImplementedError
+
+    def level_candidates(self, level: tuple[Tensor, ...], image: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Image ``image``'s best candidates on one level of :meth:`level_outputs`: ``(C, 4)`` boxes in
+        input pixels, ``(C,)`` scores and ``(C,)`` int64 labels, ``C <= topk_candidates``."""
+        raise NotImplementedError
+
+    def training_losses(
+        self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """:meth:`losses` of the head's predictions on the checked batch."""
+        predictions = self.predict(self.select_levels(self.checked_features(images)))
+        return self.losses(predictions, targets, (images.shape[-2], images.shape[-1]))
+
+    def detect(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """:meth:`postprocess` of the head's predictions on the checked batch."""
+        predictions = self.predict(self.select_levels(self.checked_features(images)))
+        return self.postprocess(predictions, image_sizes, (images.shape[-2], images.shape[-1]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from msadkit.config.defaults import FCOS_CENTER_SAMPLING_RADIUS
 from msadkit.modeling.detectors.dense_detector import DenseDetector, permute_to_nhwk
@@ -39,11 +39,6 @@ class FCOS(DenseDetector):
     """FCOS with centre sampling, stride-normalised regression and GIoU loss.
 
     Args:
-        backbone: images -> dict of FPN maps.
-        head: an :class:`~msadkit.modeling.heads.fcos_head.FCOSHead`.
-        num_classes: K.
-        in_features: FPN levels used, finest first.
-        strides: stride of each used level in input pixels.
         sizes_of_interest: per level ``(lo, hi]`` range of the largest regression distance.
         center_sampling_radius: centre region radius in strides.
         giou_smoothing: added to intersection and union of the GIoU loss (1 in the MSAD code,
@@ -51,27 +46,20 @@ class FCOS(DenseDetector):
         clip_before_nms: clip and drop empty boxes before NMS and keep the top detections by
             slicing (msadkit); False gives the MSAD code's order (``model.fcos.clip_before_nms``,
             :func:`~msadkit.modeling.detectors.postprocess.select_detections_nms_first`).
-        input_downsample, focal_alpha, focal_gamma, score_thresh, topk_candidates, nms_thresh,
-            detections_per_image: see :class:`DenseDetector`.
+        common: the arguments of :class:`DenseDetector`; ``head`` is an
+            :class:`~msadkit.modeling.heads.fcos_head.FCOSHead`.
     """
 
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        head: nn.Module,
-        num_classes: int,
-        in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
-        strides: Sequence[int] = (8, 16, 32, 64, 128),
         sizes_of_interest: Sequence[tuple[float, float]] = DEFAULT_SIZES_OF_INTEREST,
         center_sampling_radius: float = FCOS_CENTER_SAMPLING_RADIUS,
         giou_smoothing: float = 0.0,
         clip_before_nms: bool = True,
         **common: Any,
     ) -> None:
-        super().__init__(
-            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes, **common
-        )
+        super().__init__(**common)
         self.sizes_of_interest = tuple(tuple(float(v) for v in rng) for rng in sizes_of_interest)
         self.center_sampling_radius = center_sampling_radius
         self.giou_smoothing = float(giou_smoothing)
@@ -130,62 +118,49 @@ class FCOS(DenseDetector):
             center_sampling_radius=self.center_sampling_radius,
         )
 
-    def losses(
-        self,
-        predictions: dict[str, list[Tensor]],
-        targets: list[dict[str, Tensor]],
-        image_shape: tuple[int, int],
-        strides: Sequence[int] | None = None,
-    ) -> dict[str, Tensor]:
-        """FCOS losses of one branch; ``strides`` overrides the level strides (MSAD low-res)."""
+    def loss_assignment(
+        self, predictions: dict[str, list[Tensor]], targets: list[dict[str, Tensor]], strides: Sequence[int] | None
+    ) -> FCOSTargets:
+        """:meth:`assign`: one assignment serves every branch whose levels have these shapes and strides."""
+        return self.assign(predictions, targets, strides)
+
+    def assigned_losses(self, predictions: dict[str, list[Tensor]], assigned: FCOSTargets) -> dict[str, Tensor]:
+        """``{"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr"}`` of one branch's raw predictions
+        against targets of :meth:`assign` (the MSAD teacher reuses one assignment for its three branches)."""
         cls, reg, ctr = self.flatten_predictions(predictions)
-        fcos_targets = self.assign(predictions, targets, strides)
         return fcos_losses(
             cls,
             reg,
             ctr,
-            fcos_targets,
+            assigned,
             focal_alpha=self.focal_alpha,
             focal_gamma=self.focal_gamma,
             giou_smoothing=self.giou_smoothing,
         )
 
-    @torch.no_grad()
-    def postprocess(
-        self,
-        predictions: dict[str, list[Tensor]],
-        image_sizes: list[tuple[int, int]],
-        image_shape: tuple[int, int],
-        strides: Sequence[int] | None = None,
-    ) -> list[dict[str, Tensor]]:
-        """Detections per image: score ``sqrt(p_cls * p_ctr)``, class-wise NMS, top detections.
-
-        Candidates need a classification probability above ``score_thresh``; each level keeps its
-        ``topk_candidates`` best before boxes are decoded, clipped to the image's valid size and
-        suppressed.
-        """
+    def level_outputs(
+        self, predictions: dict[str, list[Tensor]], strides: Sequence[int] | None
+    ) -> list[tuple[Tensor, ...]]:
+        """Per level ``(locations (Hi*Wi, 2), class probabilities (N, Hi*Wi, K), ltrb distances in
+        input pixels (N, Hi*Wi, 4), centerness probabilities (N, Hi*Wi, 1))``, float32."""
         strides = strides or self.strides
-        locations = self.locations(predictions, strides)
-        num_images = predictions["cls_logits"][0].shape[0]
         per_level = []
-        for level, (loc, stride) in enumerate(zip(locations, strides)):
+        for level, (loc, stride) in enumerate(zip(self.locations(predictions, strides), strides)):
             cls = permute_to_nhwk(predictions["cls_logits"][level], self.num_classes).float().sigmoid()
             reg = permute_to_nhwk(predictions["bbox_reg"][level], 4).float() * stride
             ctr = permute_to_nhwk(predictions["centerness"][level], 1).float().sigmoid()
             per_level.append((loc, cls, reg, ctr))
+        return per_level
 
-        results = []
-        for i in range(num_images):
-            boxes_all, scores_all, labels_all = [], [], []
-            for loc, cls, reg, ctr in per_level:
-                probs = cls[i]
-                candidate = probs > self.score_thresh
-                scores = (probs * ctr[i]).sqrt()[candidate]
-                location_idx, labels = candidate.nonzero(as_tuple=True)
-                scores, keep = top_candidates(scores, self.topk_candidates)
-                location_idx, labels = location_idx[keep], labels[keep]
-                boxes_all.append(decode_ltrb(loc[location_idx], reg[i][location_idx]))
-                scores_all.append(scores)
-                labels_all.append(labels)
-            results.append(self.select_detections(boxes_all, scores_all, labels_all, image_sizes[i]))
-        return results
+    def level_candidates(self, level: tuple[Tensor, ...], image: int) -> tuple[Tensor, Tensor, Tensor]:
+        """See :meth:`DenseDetector.level_candidates`: candidates need a classification probability
+        above ``score_thresh`` and rank by ``sqrt(p_cls * p_ctr)``, the score they keep; only the
+        ``topk_candidates`` best are decoded."""
+        loc, cls, reg, ctr = level
+        probs = cls[image]
+        candidate = probs > self.score_thresh
+        scores = (probs * ctr[image]).sqrt()[candidate]
+        location_idx, labels = candidate.nonzero(as_tuple=True)
+        scores, keep = top_candidates(scores, self.topk_candidates)
+        location_idx, labels = location_idx[keep], labels[keep]
+        return decode_ltrb(loc[location_idx], reg[image][location_idx]), scores, labels

@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from msadkit.errors import ConfigError, InputError
+from msadkit.errors import ConfigError
+from msadkit.modeling.detection_model import DetectionModel
 from msadkit.modeling.detectors.dense_detector import downsample_nearest
 from msadkit.modeling.detectors.fcos import FCOS
-from msadkit.modeling.detectors.fcos_losses import fcos_losses
 from msadkit.modeling.detectors.fusion import CrossingFeatureFusion, fuse_pyramids
 from msadkit.modeling.image_batch import check_image_batch
 from msadkit.modeling.levels import LOW_RES_FEATURES
@@ -36,7 +36,7 @@ EVAL_BRANCHES = ("fused", "high", "low")
 SIZE_DIVISIBILITY = 256
 
 
-class MSADTeacher(nn.Module):
+class MSADTeacher(DetectionModel):
     """High- and low-resolution FCOS branches sharing every weight, fused by a shared C-FF.
 
     Args:
@@ -156,16 +156,7 @@ class MSADTeacher(nn.Module):
         assigned = self.detector.assign(predictions["high"], targets)
         losses: dict[str, Tensor] = {}
         for branch, weight in (("high", 1.0), ("low", 1.0), ("fused", self.fused_loss_weight)):
-            cls, reg, ctr = self.detector.flatten_predictions(predictions[branch])
-            terms = fcos_losses(
-                cls,
-                reg,
-                ctr,
-                assigned,
-                focal_alpha=self.detector.focal_alpha,
-                focal_gamma=self.detector.focal_gamma,
-                giou_smoothing=self.detector.giou_smoothing,
-            )
+            terms = self.detector.assigned_losses(predictions[branch], assigned)
             for key, value in terms.items():
                 losses[f"{branch}_{key}"] = value * weight
         return losses
@@ -180,35 +171,17 @@ class MSADTeacher(nn.Module):
             return self.fuse(self.high_levels(images), self.low_levels(images))[0]
         raise ValueError(f"branch must be one of {EVAL_BRANCHES}, got {branch!r}")
 
-    def forward(
-        self,
-        images: Tensor,
-        image_sizes: list[tuple[int, int]] | None = None,
-        targets: list[dict[str, Tensor]] | None = None,
-    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        """Losses in training mode, detections of ``eval_branch`` in eval mode.
+    def training_losses(
+        self, images: Tensor, image_sizes: list[tuple[int, int]], targets: list[dict[str, Tensor]]
+    ) -> dict[str, Tensor]:
+        """:meth:`losses` of a checked batch (``forward`` in training mode)."""
+        return self.losses(images, targets)
 
-        Args:
-            images: ``(N, 3, H, W)`` normalised batch padded to a multiple of 256.
-            image_sizes: valid ``(h, w)`` per image; defaults to the padded size.
-            targets: per image ``{"boxes": (M, 4) xyxy, "labels": (M,)}`` (training only).
-
-        Returns:
-            Training: the loss dict of :meth:`losses`. Eval: per image ``{"boxes": (D, 4),
-            "scores": (D,), "labels": (D,)}`` in high-resolution pixels.
-        """
-        self.check_batch(images)
-        image_shape = (images.shape[-2], images.shape[-1])
-        if self.training:
-            if targets is None:
-                raise InputError("targets are required in training mode")
-            if len(targets) != images.shape[0]:
-                raise InputError(f"got {len(targets)} targets for a batch of {images.shape[0]} images")
-            return self.losses(images, targets)
-        if image_sizes is None:
-            image_sizes = [image_shape] * images.shape[0]
+    def detect(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Detections of ``eval_branch`` on a checked batch, in high-resolution pixels (``forward`` in
+        eval mode): per image ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}``."""
         predictions = self.detector.predict(self.branch_levels(images, self.eval_branch))
-        return self.detector.postprocess(predictions, image_sizes, image_shape)
+        return self.detector.postprocess(predictions, image_sizes, (images.shape[-2], images.shape[-1]))
 
     def distillation_outputs(
         self, images: Tensor, image_sizes: list[tuple[int, int]], *, need_predictions: bool = False

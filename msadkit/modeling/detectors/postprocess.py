@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-__all__ = ["select_detections", "select_detections_nms_first", "top_candidates", "clip_boxes"]
+__all__ = ["select_detections", "select_detections_nms_first", "top_candidates", "clip_boxes", "inside_image"]
 
 
 def top_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -32,6 +34,16 @@ def clip_boxes(boxes: Tensor, image_size: tuple[int, int] | tuple[Tensor, Tensor
     return torch.minimum(boxes.clamp(min=0), limits)
 
 
+def inside_image(
+    boxes: Tensor, scores: Tensor, labels: Tensor, image_size: tuple[int, int]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Candidates with their ``(R, 4)`` boxes clipped to the image's valid ``(h, w)`` (padding is not
+    image), those whose box clipping left empty dropped, with their ``(R,)`` scores and labels."""
+    boxes = clip_boxes(boxes, image_size)
+    non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[non_empty], scores[non_empty], labels[non_empty]
+
+
 def select_detections(
     boxes: Tensor,
     scores: Tensor,
@@ -40,11 +52,17 @@ def select_detections(
     *,
     nms_thresh: float,
     detections_per_image: int,
+    clip_before_nms: bool = True,
 ) -> dict[str, Tensor]:
     """The detections of one image from its decoded candidates.
 
-    Boxes are clipped to the image's valid ``(h, w)`` (padding is not image), boxes left empty by
-    clipping are dropped, and class-wise NMS keeps the ``detections_per_image`` best.
+    By default (msadkit's order) boxes are clipped to the image's valid ``(h, w)``, boxes left empty
+    by clipping are dropped, and class-wise NMS keeps the ``detections_per_image`` best.
+
+    ``clip_before_nms=False`` is the MSAD/AdelaiDet order (``model.fcos.clip_before_nms: false``):
+    class-wise NMS on the unclipped boxes; every detection scoring at least the
+    ``detections_per_image``-th best score is kept (ties can keep more, the code's ``kthvalue``);
+    then boxes are clipped to the image and the empty ones dropped, which can leave fewer.
 
     Args:
         boxes: ``(R, 4)`` candidate boxes ``(x1, y1, x2, y2)`` in input pixels.
@@ -55,30 +73,10 @@ def select_detections(
     Returns:
         ``{"boxes": (D, 4), "scores": (D,), "labels": (D,)}`` by decreasing score.
     """
-    boxes = clip_boxes(boxes, image_size)
-    non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, scores, labels = boxes[non_empty], scores[non_empty], labels[non_empty]
-    keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
-    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
-
-
-def select_detections_nms_first(
-    boxes: Tensor,
-    scores: Tensor,
-    labels: Tensor,
-    image_size: tuple[int, int],
-    *,
-    nms_thresh: float,
-    detections_per_image: int,
-) -> dict[str, Tensor]:
-    """The MSAD/AdelaiDet order of :func:`select_detections` (``model.fcos.clip_before_nms: false``).
-
-    Class-wise NMS on the unclipped boxes; every detection scoring at least the
-    ``detections_per_image``-th best score is kept (ties can keep more, the code's ``kthvalue``);
-    then boxes are clipped to the image and the empty ones dropped, which can leave fewer.
-
-    Args and returns: as :func:`select_detections`.
-    """
+    if clip_before_nms:
+        boxes, scores, labels = inside_image(boxes, scores, labels, image_size)
+        keep = batched_nms(boxes, scores, labels, nms_thresh)[:detections_per_image]
+        return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]}
     keep = batched_nms(boxes, scores, labels, nms_thresh)
     boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     if torch.jit.is_tracing() and detections_per_image > 0:
@@ -90,6 +88,9 @@ def select_detections_nms_first(
         threshold = scores.kthvalue(scores.numel() - detections_per_image + 1).values
         kept = scores >= threshold
         boxes, scores, labels = boxes[kept], scores[kept], labels[kept]
-    boxes = clip_boxes(boxes, image_size)
-    non_empty = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    return {"boxes": boxes[non_empty], "scores": scores[non_empty], "labels": labels[non_empty]}
+    boxes, scores, labels = inside_image(boxes, scores, labels, image_size)
+    return {"boxes": boxes, "scores": scores, "labels": labels}
+
+
+# The MSAD/AdelaiDet order under its own name: what ``FCOS(clip_before_nms=False)`` selects with.
+select_detections_nms_first = partial(select_detections, clip_before_nms=False)

@@ -13,11 +13,10 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss, sigmoid_focal_loss
 
-from msadkit.errors import InputError
 from msadkit.modeling.detectors.anchor_matching import (
     BACKGROUND,
     IGNORE,
@@ -40,30 +39,20 @@ class RetinaNet(DenseDetector):
     """RetinaNet with sigmoid focal loss and smooth-L1 (or GIoU) box loss.
 
     Args:
-        backbone: images -> dict of FPN maps.
-        head: a :class:`~msadkit.modeling.heads.retinanet_head.RetinaNetHead` (or any head with the same
-            outputs ``{"cls_logits", "bbox_deltas"}``).
-        num_classes: K.
-        in_features: FPN levels used, finest first.
-        strides: stride of each used level in input pixels.
         anchor_generator: anchors per level; defaults to RetinaNet's 9 anchors on ``strides``.
         box_coder: delta parametrisation; defaults to weights ``(1, 1, 1, 1)``.
         iou_thresholds: ``(low, high)`` of :func:`match_anchors`.
         allow_low_quality_matches: see :func:`match_anchors`.
         smooth_l1_beta: transition point of the smooth-L1 box loss (0 gives L1).
         box_loss: ``"smooth_l1"`` on deltas, or ``"giou"`` on decoded boxes.
-        input_downsample, focal_alpha, focal_gamma, score_thresh, topk_candidates, nms_thresh,
-            detections_per_image: see :class:`DenseDetector` (``nms_thresh`` defaults to 0.5 here).
+        common: the arguments of :class:`DenseDetector` (``nms_thresh`` defaults to 0.5 here);
+            ``head`` is a :class:`~msadkit.modeling.heads.retinanet_head.RetinaNetHead` (or any head
+            with the same outputs ``{"cls_logits", "bbox_deltas"}``).
     """
 
     def __init__(
         self,
         *,
-        backbone: nn.Module,
-        head: nn.Module,
-        num_classes: int,
-        in_features: Sequence[str] = ("p3", "p4", "p5", "p6", "p7"),
-        strides: Sequence[int] = (8, 16, 32, 64, 128),
         anchor_generator: AnchorGenerator | None = None,
         box_coder: BoxCoder | None = None,
         iou_thresholds: tuple[float, float] = (0.4, 0.5),
@@ -73,23 +62,21 @@ class RetinaNet(DenseDetector):
         **common: Any,
     ) -> None:
         common.setdefault("nms_thresh", 0.5)
-        super().__init__(
-            backbone=backbone, head=head, in_features=in_features, strides=strides, num_classes=num_classes, **common
-        )
+        super().__init__(**common)
         if anchor_generator is None:
             anchor_generator = AnchorGenerator(strides=self.strides)
         if anchor_generator.strides != self.strides:
             raise ValueError(
                 f"RetinaNet: anchor_generator strides {anchor_generator.strides} differ from strides {self.strides}"
             )
-        head_anchors = getattr(head, "num_anchors", anchor_generator.num_anchors_per_location)
+        head_anchors = getattr(self.head, "num_anchors", anchor_generator.num_anchors_per_location)
         if head_anchors != anchor_generator.num_anchors_per_location:
             raise ValueError(
                 f"RetinaNet: head predicts {head_anchors} anchors per location but the anchor generator "
                 f"makes {anchor_generator.num_anchors_per_location}"
             )
-        if getattr(head, "num_classes", num_classes) != num_classes:
-            raise ValueError(f"RetinaNet: head has {head.num_classes} classes, detector {num_classes}")
+        if getattr(self.head, "num_classes", self.num_classes) != self.num_classes:
+            raise ValueError(f"RetinaNet: head has {self.head.num_classes} classes, detector {self.num_classes}")
         low, high = iou_thresholds
         if not 0.0 <= low <= high <= 1.0:
             raise ValueError(f"RetinaNet: iou_thresholds must satisfy 0 <= low <= high <= 1, got {iou_thresholds}")
@@ -219,33 +206,30 @@ class RetinaNet(DenseDetector):
         """
         return num_fg.float().clamp(min=1.0)
 
-    def losses(
-        self,
-        predictions: dict[str, list[Tensor]],
-        targets: list[dict[str, Tensor]],
-        image_shape: tuple[int, int],
-        strides: Sequence[int] | None = None,
+    def loss_assignment(
+        self, predictions: dict[str, list[Tensor]], targets: list[dict[str, Tensor]], strides: Sequence[int] | None
+    ) -> tuple[Tensor, AnchorAssignment]:
+        """The ``(R, 4)`` anchors of all levels (``strides`` overriding the configured ones) and their
+        :meth:`assign` to ``targets``."""
+        anchors = torch.cat(self.anchors(self.feature_shapes(predictions), strides))
+        return anchors, self.assign(anchors, targets)
+
+    def assigned_losses(
+        self, predictions: dict[str, list[Tensor]], assigned: tuple[Tensor, AnchorAssignment]
     ) -> dict[str, Tensor]:
         """Focal classification loss and box loss of one branch, both in float32.
 
         Args:
             predictions: ``{"cls_logits": [(N, A*K, Hi, Wi)], "bbox_deltas": [(N, A*4, Hi, Wi)]}``.
-            targets: per image ``{"boxes": (M, 4), "labels": (M,)}`` in input pixels.
-            image_shape: padded ``(H, W)`` of the batch; anchors do not depend on it.
-            strides: per level strides overriding the configured ones (MSAD low-res branch).
+            assigned: anchors and assignment of :meth:`loss_assignment`.
 
         Returns:
             ``{"loss_cls", "loss_box_reg"}``: the focal loss summed over non-ignored anchors and
             classes, and the box loss summed over foreground anchors, each divided by
             :meth:`normalizer` of the foreground count.
         """
-        if len(targets) != predictions["cls_logits"][0].shape[0]:
-            raise InputError(
-                f"got {len(targets)} targets for a batch of {predictions['cls_logits'][0].shape[0]} images"
-            )
+        anchors, assignment = assigned
         logits, deltas = self.flatten_predictions(predictions)
-        anchors = torch.cat(self.anchors(self.feature_shapes(predictions), strides))
-        assignment = self.assign(anchors, targets)
         fg, valid = assignment.fg_mask, assignment.valid_mask
         normalizer = self.normalizer(fg.sum())
 
@@ -272,35 +256,13 @@ class RetinaNet(DenseDetector):
 
     # Inference -------------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def postprocess(
-        self,
-        predictions: dict[str, list[Tensor]],
-        image_sizes: list[tuple[int, int]],
-        image_shape: tuple[int, int],
-        strides: Sequence[int] | None = None,
-    ) -> list[dict[str, Tensor]]:
-        """Detections per image.
-
-        Each level keeps the ``topk_candidates`` best (anchor, class) pairs with probability above
-        ``score_thresh``; their boxes are decoded, clipped to the image's valid size, boxes left
-        empty by clipping are dropped, and class-wise NMS keeps the ``detections_per_image`` best.
-
-        Args:
-            predictions: raw head outputs, as in :meth:`losses`.
-            image_sizes: valid ``(h, w)`` of every image.
-            image_shape: padded ``(H, W)`` of the batch (unused: clipping uses ``image_sizes``).
-            strides: per level strides overriding the configured ones.
-
-        Returns:
-            Per image ``{"boxes": (D, 4) float32, "scores": (D,) float32, "labels": (D,) int64}``,
-            sorted by decreasing score.
-        """
-        num_images = predictions["cls_logits"][0].shape[0]
-        if len(image_sizes) != num_images:
-            raise InputError(f"got {len(image_sizes)} image_sizes for a batch of {num_images} images")
+    def level_outputs(
+        self, predictions: dict[str, list[Tensor]], strides: Sequence[int] | None
+    ) -> list[tuple[Tensor, ...]]:
+        """Per level ``(anchors (Hi*Wi*A, 4), class probabilities (N, Hi*Wi*A, K), deltas (N, Hi*Wi*A, 4))``,
+        float32."""
         anchors = self.anchors(self.feature_shapes(predictions), strides)
-        per_level = [
+        return [
             (
                 level_anchors,
                 permute_to_nhwk(cls, self.num_classes).float().sigmoid(),
@@ -308,18 +270,16 @@ class RetinaNet(DenseDetector):
             )
             for level_anchors, cls, reg in zip(anchors, predictions["cls_logits"], predictions["bbox_deltas"])
         ]
-        results = []
-        for i in range(num_images):
-            boxes_all, scores_all, labels_all = [], [], []
-            for level_anchors, probs, deltas in per_level:
-                scores = probs[i].flatten()
-                candidate_idx = (scores > self.score_thresh).nonzero().flatten()
-                scores = scores[candidate_idx]
-                scores, keep = top_candidates(scores, self.topk_candidates)
-                candidate_idx = candidate_idx[keep]
-                anchor_idx = candidate_idx // self.num_classes
-                boxes_all.append(self.box_coder.decode(deltas[i][anchor_idx], level_anchors[anchor_idx]))
-                scores_all.append(scores)
-                labels_all.append(candidate_idx % self.num_classes)
-            results.append(self.select_detections(boxes_all, scores_all, labels_all, image_sizes[i]))
-        return results
+
+    def level_candidates(self, level: tuple[Tensor, ...], image: int) -> tuple[Tensor, Tensor, Tensor]:
+        """See :meth:`DenseDetector.level_candidates`: the ``topk_candidates`` best (anchor, class)
+        probabilities above ``score_thresh``, their anchors decoded by the box coder."""
+        level_anchors, probs, deltas = level
+        scores = probs[image].flatten()
+        candidate_idx = (scores > self.score_thresh).nonzero().flatten()
+        scores = scores[candidate_idx]
+        scores, keep = top_candidates(scores, self.topk_candidates)
+        candidate_idx = candidate_idx[keep]
+        anchor_idx = candidate_idx // self.num_classes
+        boxes = self.box_coder.decode(deltas[image][anchor_idx], level_anchors[anchor_idx])
+        return boxes, scores, candidate_idx % self.num_classes

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from msadkit.modeling.heads.tower import conv_tower, init_dense_head, run_tower, tower_blocks
+from msadkit.modeling.heads.tower import TwoTowerHead, conv_tower, init_dense_head
 
 __all__ = ["Scale", "FCOSHead"]
 
@@ -22,7 +24,7 @@ class Scale(nn.Module):
         return x * self.scale
 
 
-class FCOSHead(nn.Module):
+class FCOSHead(TwoTowerHead):
     """Classification and box towers shared across levels, with a learnable scale per level.
 
     Four 3x3 convs with a norm layer and ReLU per tower; classification logits with a bias set
@@ -73,12 +75,20 @@ class FCOSHead(nn.Module):
             ``{"cls_logits": [(N, K, Hi, Wi)], "bbox_reg": [(N, 4, Hi, Wi)],
             "centerness": [(N, 1, Hi, Wi)]}``; ``bbox_reg`` is non-negative and in stride units.
         """
-        if len(levels) > len(self.scales):
-            raise ValueError(f"FCOSHead has {len(self.scales)} level scales but got {len(levels)} levels")
+        self.check_num_levels(len(levels))
+        return self.predict_levels((self.cls_tower(x), self.bbox_tower(x)) for x in levels)
+
+    def check_num_levels(self, num_levels: int) -> None:
+        """Raise unless every one of ``num_levels`` levels has its ``Scale``."""
+        if num_levels > len(self.scales):
+            raise ValueError(f"FCOSHead has {len(self.scales)} level scales but got {num_levels} levels")
+
+    def predict_levels(self, tower_maps: Iterable[tuple[Tensor, Tensor]]) -> dict[str, list[Tensor]]:
+        """The outputs of :meth:`forward` from per level ``(cls, box)`` maps ``(N, C, Hi, Wi)`` at the
+        towers' ends (level ``i`` uses ``scales[i]``); a generator runs each level's towers just
+        before its predictors, as a loop over the levels would."""
         cls_logits, bbox_reg, centerness = [], [], []
-        for level, feature in enumerate(levels):
-            cls_feature = self.cls_tower(feature)
-            box_feature = self.bbox_tower(feature)
+        for level, (cls_feature, box_feature) in enumerate(tower_maps):
             cls_logits.append(self.cls_logits(cls_feature))
             bbox_reg.append(F.relu(self.scales[level](self.bbox_pred(box_feature))))
             centerness.append(self.centerness(box_feature))
@@ -86,50 +96,11 @@ class FCOSHead(nn.Module):
 
     # Cutting the head (CrossKD runs one head's towers to a conv and another's from there) --------
 
-    @property
-    def num_tower_convs(self) -> int:
-        """Convs per tower."""
-        return len(tower_blocks(self.cls_tower))
-
-    def tower_features(self, levels: list[Tensor], upto: int) -> list[tuple[Tensor, Tensor]]:
-        """Per level ``(cls, box)`` tower features after ``upto`` convs, before the last one's ReLU.
-
-        Args:
-            levels: ``L`` maps ``(N, C, Hi, Wi)``.
-            upto: convs run, ``0 .. num_tower_convs``; 0 gives the level itself to both towers.
-
-        Returns:
-            ``L`` pairs of ``(N, C, Hi, Wi)`` maps for :meth:`predict_from` with ``start=upto``.
-        """
-        return [
-            (
-                run_tower(self.cls_tower, x, stop=upto, activate_last=False),
-                run_tower(self.bbox_tower, x, stop=upto, activate_last=False),
-            )
-            for x in levels
-        ]
+    def towers(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """The classification and box towers."""
+        return self.cls_tower, self.bbox_tower
 
     def predict_from(self, features: list[tuple[Tensor, Tensor]], start: int) -> dict[str, list[Tensor]]:
-        """Finish the towers from conv ``start`` and predict; ``predict_from(tower_features(x, k), k)``
-        equals ``forward(x)`` for every ``k``.
-
-        Args:
-            features: per level ``(cls, box)`` maps as :meth:`tower_features` returns them (level ``i``
-                uses ``scales[i]``).
-            start: the ``upto`` they were taken at; for ``start > 0`` the pending ReLU runs first.
-
-        Returns:
-            The outputs of :meth:`forward`.
-        """
-        if len(features) > len(self.scales):
-            raise ValueError(f"FCOSHead has {len(self.scales)} level scales but got {len(features)} levels")
-        cls_logits, bbox_reg, centerness = [], [], []
-        for level, (cls_feature, box_feature) in enumerate(features):
-            if start > 0:
-                cls_feature, box_feature = F.relu(cls_feature), F.relu(box_feature)
-            cls_feature = run_tower(self.cls_tower, cls_feature, start=start)
-            box_feature = run_tower(self.bbox_tower, box_feature, start=start)
-            cls_logits.append(self.cls_logits(cls_feature))
-            bbox_reg.append(F.relu(self.scales[level](self.bbox_pred(box_feature))))
-            centerness.append(self.centerness(box_feature))
-        return {"cls_logits": cls_logits, "bbox_reg": bbox_reg, "centerness": centerness}
+        """See :meth:`TwoTowerHead.predict_from` (level ``i`` uses ``scales[i]``)."""
+        self.check_num_levels(len(features))
+        return self.predict_levels(self.finish_towers(cls, box, start) for cls, box in features)

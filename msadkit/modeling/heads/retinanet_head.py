@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
-from torch.nn import functional as F
 
-from msadkit.modeling.heads.tower import conv_tower, init_dense_head, run_tower, tower_blocks
+from msadkit.modeling.heads.tower import TwoTowerHead, conv_tower, init_dense_head
 
 __all__ = ["RetinaNetHead"]
 
 
-class RetinaNetHead(nn.Module):
+class RetinaNetHead(TwoTowerHead):
     """Two towers of ``num_convs`` 3x3 convs (+ optional norm) and ReLU, then a 3x3 predictor each.
 
     The same weights run on every level. All convs start from a normal distribution with std 0.01
@@ -75,44 +74,15 @@ class RetinaNetHead(nn.Module):
 
     # Cutting the head (CrossKD runs one head's towers to a conv and another's from there) --------
 
-    @property
-    def num_tower_convs(self) -> int:
-        """Convs per subnet."""
-        return len(tower_blocks(self.cls_subnet))
-
-    def tower_features(self, levels: list[Tensor], upto: int) -> list[tuple[Tensor, Tensor]]:
-        """Per level ``(cls, box)`` subnet features after ``upto`` convs, before the last one's ReLU.
-
-        Args:
-            levels: ``L`` maps ``(N, C, Hi, Wi)``.
-            upto: convs run, ``0 .. num_tower_convs``; 0 gives the level itself to both subnets.
-
-        Returns:
-            ``L`` pairs of ``(N, C, Hi, Wi)`` maps for :meth:`predict_from` with ``start=upto``.
-        """
-        return [
-            (
-                run_tower(self.cls_subnet, x, stop=upto, activate_last=False),
-                run_tower(self.bbox_subnet, x, stop=upto, activate_last=False),
-            )
-            for x in levels
-        ]
+    def towers(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """The classification and box subnets."""
+        return self.cls_subnet, self.bbox_subnet
 
     def predict_from(self, features: list[tuple[Tensor, Tensor]], start: int) -> dict[str, list[Tensor]]:
-        """Finish the subnets from conv ``start`` and predict; ``predict_from(tower_features(x, k), k)``
-        equals ``forward(x)`` for every ``k``.
-
-        Args:
-            features: per level ``(cls, box)`` maps as :meth:`tower_features` returns them.
-            start: the ``upto`` they were taken at; for ``start > 0`` the pending ReLU runs first.
-
-        Returns:
-            The outputs of :meth:`forward`.
-        """
+        """See :meth:`TwoTowerHead.predict_from`."""
         cls_logits, bbox_deltas = [], []
         for cls_feature, box_feature in features:
-            if start > 0:
-                cls_feature, box_feature = F.relu(cls_feature), F.relu(box_feature)
-            cls_logits.append(self.cls_score(run_tower(self.cls_subnet, cls_feature, start=start)))
-            bbox_deltas.append(self.bbox_pred(run_tower(self.bbox_subnet, box_feature, start=start)))
+            cls_feature, box_feature = self.finish_towers(cls_feature, box_feature, start)
+            cls_logits.append(self.cls_score(cls_feature))
+            bbox_deltas.append(self.bbox_pred(box_feature))
         return {"cls_logits": cls_logits, "bbox_deltas": bbox_deltas}

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from msadkit.modeling.norm import get_norm
 
-__all__ = ["conv_tower", "init_dense_head", "tower_blocks", "run_tower"]
+__all__ = ["conv_tower", "init_dense_head", "tower_blocks", "run_tower", "TwoTowerHead"]
 
 
 def conv_tower(channels: int, num_convs: int, norm: str, *, conv_bias: bool | None = None) -> nn.Sequential:
@@ -81,3 +82,61 @@ def run_tower(
         for layer in layers:
             x = layer(x)
     return x
+
+
+class TwoTowerHead(nn.Module):
+    """A dense head with a classification and a box :func:`conv_tower` that can be cut between convs.
+
+    CrossKD runs one head's towers up to a conv and another head's from there:
+    ``predict_from(tower_features(x, k), k)`` equals ``forward(x)`` for every ``k``. Subclasses say
+    which modules their towers are (their attribute names are checkpoint keys) and implement
+    :meth:`predict_from` with :meth:`finish_towers`.
+    """
+
+    def towers(self) -> tuple[nn.Sequential, nn.Sequential]:
+        """The ``(classification, box)`` towers."""
+        raise NotImplementedError
+
+    @property
+    def num_tower_convs(self) -> int:
+        """Convs per tower."""
+        return len(tower_blocks(self.towers()[0]))
+
+    def tower_features(self, levels: list[Tensor], upto: int) -> list[tuple[Tensor, Tensor]]:
+        """Per level ``(cls, box)`` tower features after ``upto`` convs, before the last one's ReLU.
+
+        Args:
+            levels: ``L`` maps ``(N, C, Hi, Wi)``.
+            upto: convs run, ``0 .. num_tower_convs``; 0 gives the level itself to both towers.
+
+        Returns:
+            ``L`` pairs of ``(N, C, Hi, Wi)`` maps for :meth:`predict_from` with ``start=upto``.
+        """
+        cls_tower, box_tower = self.towers()
+        return [
+            (
+                run_tower(cls_tower, x, stop=upto, activate_last=False),
+                run_tower(box_tower, x, stop=upto, activate_last=False),
+            )
+            for x in levels
+        ]
+
+    def finish_towers(self, cls_feature: Tensor, box_feature: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        """Both towers from conv ``start`` on one level's ``(N, C, Hi, Wi)`` maps of :meth:`tower_features`
+        (taken at ``upto=start``); for ``start > 0`` the pending ReLU runs first."""
+        if start > 0:
+            cls_feature, box_feature = F.relu(cls_feature), F.relu(box_feature)
+        cls_tower, box_tower = self.towers()
+        return run_tower(cls_tower, cls_feature, start=start), run_tower(box_tower, box_feature, start=start)
+
+    def predict_from(self, features: list[tuple[Tensor, Tensor]], start: int) -> dict[str, list[Tensor]]:
+        """Finish the towers from conv ``start`` (:meth:`finish_towers`) and predict.
+
+        Args:
+            features: per level ``(cls, box)`` maps ``(N, C, Hi, Wi)`` as :meth:`tower_features` returns them.
+            start: the ``upto`` they were taken at.
+
+        Returns:
+            The outputs of ``forward``.
+        """
+        raise NotImplementedError
