@@ -18,8 +18,10 @@ from msadkit.analysis.figure_style import SAVE_DPI
 from msadkit.compare.figure import plot_comparison
 from msadkit.compare.methods import Method, parse_methods
 from msadkit.compare.plan import (
+    ABLATION,
     BASELINE,
     CONTROL,
+    METHOD,
     TEACHER,
     PlannedRun,
     comparison_runs,
@@ -54,7 +56,7 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 QUICK_SEEDS = (0, 1)
 DEFAULT_TUNING_SEED = 100
 OUTPUT_STEM = "comparison"
-_LAUNCH_ORDER = {TEACHER: 0, CONTROL: 1, BASELINE: 2}
+_LAUNCH_ORDER = {TEACHER: 0, CONTROL: 1, BASELINE: 2, ABLATION: 3, METHOD: 4}
 
 
 @dataclass(frozen=True)
@@ -198,9 +200,12 @@ def planned_runs(request: ComparisonRequest) -> dict[str, list[PlannedRun]]:
 
 def _run_plan(request: ComparisonRequest, runs: dict[str, list[PlannedRun]],
               progress: ProgressCallback | None) -> list[JobOutcome]:
-    # Teachers of every track first (the methods wait for them), then the long controls.
+    # Teachers of every track first (the methods wait for them), then the long controls, the other
+    # references and the methods; within each, seed by seed across the tracks, so that a comparison
+    # stopped early has whole seeds of both tracks rather than every seed of one.
+    position = {seed: k for k, seed in enumerate(request.seeds)}
     ordered = sorted((run for track_runs in runs.values() for run in track_runs),
-                     key=lambda run: _LAUNCH_ORDER.get(run.kind, 3))
+                     key=lambda run: (_LAUNCH_ORDER[run.kind], position.get(run.seed, 0)))
     plan = jobs_of(pretrain_jobs(request.out, request.tracks, request.budgets), ordered)
     outcomes = run_jobs(plan, max_parallel=request.jobs, threads=request.threads, progress=progress,
                         poll_interval_s=1.0)
