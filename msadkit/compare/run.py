@@ -46,6 +46,7 @@ __all__ = [
     "ComparisonOutcome",
     "make_request",
     "planned_runs",
+    "launch_order",
     "run_comparison",
     "run_tuning",
     "collect",
@@ -198,15 +199,19 @@ def planned_runs(request: ComparisonRequest) -> dict[str, list[PlannedRun]]:
     }
 
 
+def launch_order(request: ComparisonRequest, runs: dict[str, list[PlannedRun]]) -> list[PlannedRun]:
+    """Every track's runs in the order they start: the teachers (the methods wait for them), the long
+    controls, the baselines, the ablations, the methods; within each kind seed by seed across the
+    tracks, so that a comparison stopped early has whole seeds of both tracks rather than every
+    seed of one."""
+    position = {seed: k for k, seed in enumerate(request.seeds)}
+    return sorted((run for track_runs in runs.values() for run in track_runs),
+                  key=lambda run: (_LAUNCH_ORDER[run.kind], position.get(run.seed, 0)))
+
+
 def _run_plan(request: ComparisonRequest, runs: dict[str, list[PlannedRun]],
               progress: ProgressCallback | None) -> list[JobOutcome]:
-    # Teachers of every track first (the methods wait for them), then the long controls, the other
-    # references and the methods; within each, seed by seed across the tracks, so that a comparison
-    # stopped early has whole seeds of both tracks rather than every seed of one.
-    position = {seed: k for k, seed in enumerate(request.seeds)}
-    ordered = sorted((run for track_runs in runs.values() for run in track_runs),
-                     key=lambda run: (_LAUNCH_ORDER[run.kind], position.get(run.seed, 0)))
-    plan = jobs_of(pretrain_jobs(request.out, request.tracks, request.budgets), ordered)
+    plan = jobs_of(pretrain_jobs(request.out, request.tracks, request.budgets), launch_order(request, runs))
     outcomes = run_jobs(plan, max_parallel=request.jobs, threads=request.threads, progress=progress,
                         poll_interval_s=1.0)
     return [outcome for outcome in outcomes if not outcome.ok]

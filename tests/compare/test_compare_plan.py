@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from msadkit.compare import make_request, planned_runs, pretrain_jobs, tuning_runs
+from msadkit.compare import launch_order, make_request, planned_runs, pretrain_jobs, tuning_runs
 from msadkit.compare.plan import ABLATION, BASELINE, CONTROL, METHOD, TEACHER
 from msadkit.compare.tuning import TUNING_NAME, choose_scale, write_tuning
 from msadkit.errors import ConfigError
@@ -141,3 +141,15 @@ def test_a_track_typo_names_the_closest_track(tmp_path):
     with pytest.raises(ConfigError, match=r"^track: unknown track"):
         make_request("sideways", out=tmp_path, cli=False)
     assert [t.name for t in make_request("both", out=tmp_path).tracks] == ["same-resolution", "cross-resolution"]
+
+
+def test_launch_order_runs_references_first_then_methods_seed_by_seed_across_tracks(tmp_path):
+    request = make_request("both", methods=["gid"], seeds=[7, 3], out=tmp_path, quick=True)
+    order = [(run.kind, run.track, run.seed) for run in launch_order(request, planned_runs(request))]
+    kinds = [kind for kind, _, _ in order]
+    # Every teacher, control and baseline before any method: the methods need them, the table pairs with them.
+    assert kinds == sorted(kinds, key=[TEACHER, CONTROL, BASELINE, METHOD].index)
+    methods = [(track, seed) for kind, track, seed in order if kind == METHOD]
+    # Seed 7 of both tracks before seed 3 of either (the order --seeds gives).
+    assert methods == [("same-resolution", 7), ("cross-resolution", 7), ("same-resolution", 3),
+                       ("cross-resolution", 3)]
