@@ -31,12 +31,16 @@ def test_quick_cross_resolution_comparison_trains_tabulates_and_reuses(tmp_path,
         in printed
 
     models = {row["model"]: row for row in _rows(track / "comparison.csv")}
-    assert list(models) == ["fcos_high", "msad_teacher", "baseline", "control", "msad_feature@msad", "gid"]
-    for name in ("control", "msad_feature@msad", "gid"):
+    assert list(models) == ["fcos_high", "msad_teacher", "baseline", "control", "teacher_init", "msad_feature@msad",
+                            "gid"]
+    for name in ("control", "teacher_init", "msad_feature@msad", "gid"):
         assert models[name]["ci_low"] != "" and models[name]["seeds"] == "0 1"
     assert models["gid"]["p_holm"] != "" and models["control"]["p_holm"] == ""
+    # MSAD against its own ablation and every method against the step-matched control, paired by seed.
+    assert models["msad_feature@msad"]["ablation_ci_low"] != "" and models["gid"]["ablation_ci_low"] == ""
+    assert models["gid"]["control_ci_low"] != ""
     runs = _rows(track / "comparison_runs.csv")
-    assert len(runs) == 12
+    assert len(runs) == 14
     # Every run validated at each quarter of its length and kept its detections for the bootstrap.
     assert {row["plateaued"] for row in runs} <= {"True", "False"} and all(row["AP_se"] != "" for row in runs)
     assert {row["iterations"] for row in runs if row["model"] == "control"} == {"8"}
