@@ -3,11 +3,14 @@
 Given a track, methods, seeds and a folder, it trains per seed (one ``trainer.seed`` and one
 pretrained backbone, so one initialisation and one data order for every model of the seed) the
 track's teacher(s), the baseline (the student without a teacher), the step-matched control (the
-baseline trained teacher + student iterations) and each method's student (:mod:`.plan`); reuses
+baseline trained teacher + student iterations), on a track with ``@msad`` methods MSAD's
+teacher-init ablation (its student from the MSAD teacher's weights, KD weight 0) and each method's
+student (:mod:`.plan`); reuses
 finished runs and refuses runs trained with other settings (:mod:`msadkit.jobs`); and writes one
 table (Markdown, LaTeX, CSV) and one figure per track (:mod:`.table`, :mod:`.figure`): each
 method's AP minus the baseline's of the same seed, with mean, sample std, 95 % t-interval and
-Holm-corrected p-value (:mod:`msadkit.analysis.statistics`), the AP of every seed, APs/APm/APl,
+Holm-corrected p-value (:mod:`msadkit.analysis.statistics`), its paired difference to the
+step-matched control (and an ``@msad`` method's to the ablation), the AP of every seed, APs/APm/APl,
 each run's bootstrap evaluation SE (:mod:`msadkit.analysis.bootstrap_ap`) and whether it reached
 its plateau (validation AP rose by less than 1 AP over the last quarter of its schedule). A
 method's weight is tuned on a tuning seed that is never reported (``--tune``: the official weight,
