@@ -43,9 +43,11 @@ run has about 100 s of one core on average.
   (the teacher's forward pass and the term), the width-0.5 FCOS teacher 0.52 s, the high-resolution
   FCOS teacher 0.48 s, the MSAD teacher 0.83 s; about 10 s per run of start-up and evaluation. That
   makes 11,400 s of one core, 95 minutes at two runs at a time, plus the pretraining (a few minutes,
-  cached after the first comparison) and the bootstrap of 135 runs (about 3 minutes): about 100
-  minutes. Tuning (``--tune``, 3 weights x 20 methods and the tuning seed's teachers) is another
-  estimated 40 minutes, run once.
+  cached after the first comparison) and the bootstrap of the runs (about 3 minutes): about 100
+  minutes. Measured (benchmarks/RESULTS.md, "Method comparison"): 140 runs (the teacher-init
+  ablation added) in 124 minutes of wall time on a machine shared with other work for its first
+  45 minutes; a method run 72 s, a control 100 s, a baseline 40 s at load 2. Tuning (``--tune``,
+  3 weights x 20 methods and the tuning seed's teachers) is another estimated 35-40 minutes.
 
 ``--quick`` runs the whole path (two methods per track, seeds 0 and 1, 64-pixel images, 8 training
 images, 4 iterations, a seconds-long pretraining) in a few minutes; its numbers mean nothing.
