@@ -75,11 +75,16 @@ def model_label(summary: ModelSummary, track: Track) -> str:
     return summary.model
 
 
+def _bracket(comparison: PairedComparison) -> str:
+    """``[+0.40, +2.06]``: a paired difference's 95 % interval."""
+    return f"[{comparison.low:+.2f}, {comparison.high:+.2f}]"
+
+
 def _interval(comparison: PairedComparison | None) -> str:
     """``+1.23 [+0.40, +2.06]``: a paired difference's mean and 95 % interval."""
     if comparison is None:
         return ""
-    return f"{comparison.mean:+.2f} [{comparison.low:+.2f}, {comparison.high:+.2f}]"
+    return f"{comparison.mean:+.2f} {_bracket(comparison)}"
 
 
 def _number(value: float | None, digits: int = 1, *, signed: bool = False) -> str:
@@ -126,7 +131,7 @@ def table_cells(table: ComparisonTable, summary: ModelSummary) -> dict[str, str]
         "AP per seed": " / ".join(per_seed),
         "ΔAP": _number(comparison.mean, 2, signed=True) if comparison else "",
         "sd(Δ)": _number(comparison.std, 2) if comparison else "",
-        "95 % CI": f"[{comparison.low:+.2f}, {comparison.high:+.2f}]" if comparison else "",
+        "95 % CI": _bracket(comparison) if comparison else "",
         "p": _p(comparison.p) if comparison else "",
         "p (Holm)": (_p(comparison.p_holm) if summary.kind == METHOD else "(reference)") if comparison else "",
         "Δ vs control [95 % CI]": _interval(summary.references.get(CONTROL)),
