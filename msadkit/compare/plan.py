@@ -14,7 +14,9 @@ model of a seed starts from the same initialisation and sees the same data order
 Folders: ``<out>/pretrained/`` (the ``msadkit pretrain`` checkpoint of every width, copied there
 so the comparison names files of its own), ``<out>/<track>/seed<s>/<model>`` for the reported runs
 and ``<out>/<track>/tuning/seed<t>/<method>_x<scale>`` for tuning. Every run validates at 3/4 of its
-length (``trainer.eval_period``); that AP and the final evaluation's give the plateau mark.
+length (``trainer.eval_period``); that AP and the final evaluation's give the plateau mark. With a
+budget's ``num_report_val``, each run is then evaluated (``msadkit evaluate``, with its bootstrap)
+on that larger validation split into ``<run>/report``: the AP the table reports.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Mapping, Sequence
 from msadkit.compare.methods import WEIGHT_SCALES, Method, losses_override
 from msadkit.compare.tracks import LEARNING_RATE, Budget, Track
 from msadkit.jobs import Job, command_job, msadkit_command, training_job
+from msadkit.utils.run_folder import EVAL_NAME
 
 __all__ = [
     "TEACHER",
@@ -34,6 +37,7 @@ __all__ = [
     "ABLATION",
     "METHOD",
     "TEACHER_INIT",
+    "REPORT_DIR",
     "PlannedRun",
     "track_dir",
     "seed_dir",
@@ -62,6 +66,8 @@ class PlannedRun:
         seed: its ``trainer.seed``.
         iterations: its length.
         scale: a method's weight, as a multiple of the official one (None for the others).
+        report: the ``msadkit evaluate`` job of the reported evaluation on the larger validation split
+            (:attr:`Budget.num_report_val`), after the training job; None: the run's own evaluation.
     """
 
     job: Job
@@ -71,10 +77,16 @@ class PlannedRun:
     seed: int
     iterations: int
     scale: float | None = None
+    report: Job | None = None
 
     @property
     def run_dir(self) -> Path:
         return self.job.run_dir
+
+    @property
+    def result_dir(self) -> Path:
+        """The folder of the reported evaluation: ``eval.json``, ``detections_val.json`` and its bootstrap."""
+        return self.report.run_dir if self.report is not None else self.run_dir
 
 
 def track_dir(out: str | Path, track: Track) -> Path:
@@ -109,6 +121,9 @@ def pretrain_jobs(out: str | Path, tracks: Sequence[Track], budgets: Mapping[str
     return list(jobs.values())
 
 
+REPORT_DIR = "report"
+
+
 def validation_period(length: int) -> int:
     """``trainer.eval_period`` of a run of ``length`` iterations: one validation at (or just before)
     3/4 of it, the start of the last quarter; the final evaluation is the other end."""
@@ -134,9 +149,20 @@ class _Builder:
     """Makes the runs of one track at given seeds, naming jobs and folders one way."""
 
     def __init__(self, out: str | Path, track: Track, budget: Budget, overrides: Sequence[str], *,
-                 tuning: bool = False) -> None:
+                 tuning: bool = False, bootstrap_samples: int = 200) -> None:
         self.out, self.track, self.budget = Path(out).expanduser().absolute(), track, budget
-        self.overrides, self.tuning = list(overrides), tuning
+        self.overrides, self.tuning, self.bootstrap_samples = list(overrides), tuning, bootstrap_samples
+
+    def report(self, training: Job) -> Job | None:
+        """The evaluation of ``training``'s final weights on the budget's larger validation split."""
+        if not self.budget.num_report_val:
+            return None
+        folder = training.run_dir / REPORT_DIR
+        command = msadkit_command("evaluate", str(training.run_dir), f"data.synthetic.num_val={self.budget.num_report_val}",
+                                  "--output-dir", str(folder), "--device", "cpu",
+                                  *(("--bootstrap", str(self.bootstrap_samples)) if self.bootstrap_samples >= 2 else ()))
+        return command_job(f"{training.name} report", command, folder, outputs=[folder / EVAL_NAME],
+                           needs=[training.name], log_name="evaluate.log")
 
     def name(self, model: str, seed: int) -> str:
         return f"{self.track.name}{' tuning' if self.tuning else ''} {model} seed {seed}"
@@ -151,7 +177,7 @@ class _Builder:
         needs = [*needs, _pretrain_name(width)]
         job = training_job(self.name(folder or model, seed), config, run_dir, overrides, iterations=length,
                            needs=needs)
-        return PlannedRun(job, self.track.name, model, kind, seed, length, scale)
+        return PlannedRun(job, self.track.name, model, kind, seed, length, scale, self.report(job))
 
     def teacher(self, role: str, seed: int) -> PlannedRun:
         spec = self.track.teachers[role]
@@ -192,6 +218,7 @@ def comparison_runs(
     *,
     scales: Mapping[str, float] | None = None,
     overrides: Sequence[str] = (),
+    bootstrap_samples: int = 200,
 ) -> list[PlannedRun]:
     """The reported runs of one track, in launch order: teachers first (the others wait for them),
     then the controls (the longest of the rest), the baselines, the teacher-init ablation and the methods.
@@ -199,8 +226,9 @@ def comparison_runs(
     Args:
         scales: method name -> weight multiple chosen by tuning (missing: 1.0, the official weight).
         overrides: config overrides for every run (before the settings that define the comparison).
+        bootstrap_samples: resamples of each reported evaluation's bootstrap (below 2: none).
     """
-    build = _Builder(out, track, budget, overrides)
+    build = _Builder(out, track, budget, overrides, bootstrap_samples=bootstrap_samples)
     scales = scales or {}
     runs = [build.teacher(role, seed) for seed in seeds for role in build.teacher_roles(methods)]
     base, length = track.baseline, budget.iterations
@@ -220,10 +248,11 @@ def tuning_runs(
     budget: Budget,
     *,
     overrides: Sequence[str] = (),
+    bootstrap_samples: int = 200,
 ) -> list[PlannedRun]:
     """The tuning runs of one track: its teachers and every method at each weight of
     :data:`~msadkit.compare.methods.WEIGHT_SCALES`, on the tuning seed alone."""
-    build = _Builder(out, track, budget, overrides, tuning=True)
+    build = _Builder(out, track, budget, overrides, tuning=True, bootstrap_samples=bootstrap_samples)
     runs = [build.teacher(role, tuning_seed) for role in build.teacher_roles(methods)]
     runs += [build.method(method, tuning_seed, scale, folder=f"{method.name}_x{scale:g}")
              for method in methods for scale in WEIGHT_SCALES]
@@ -231,5 +260,6 @@ def tuning_runs(
 
 
 def jobs_of(pretrain: Sequence[Job], runs: Sequence[PlannedRun]) -> list[Job]:
-    """The plan for :func:`msadkit.jobs.run_jobs`: the pretraining first, then the runs."""
-    return [*pretrain, *(run.job for run in runs)]
+    """The plan for :func:`msadkit.jobs.run_jobs`: the pretraining first, then the runs, each followed
+    by its reported evaluation (which starts as soon as its run finishes)."""
+    return [*pretrain, *(job for run in runs for job in (run.job, run.report) if job is not None)]

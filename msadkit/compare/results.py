@@ -1,8 +1,9 @@
 """What a comparison's run folders say: each run's AP, its evaluation SE and plateau mark; each
 method's paired difference to the baseline.
 
-A run is read from its folder alone: ``eval.json`` (AP, APs, APm, APl), ``config.yaml`` (its
-length), ``metrics.jsonl`` (the validation rows of ``trainer.eval_period``) and
+A run is read from its folder alone: ``config.yaml`` (its length), ``metrics.jsonl`` (the validation
+rows of ``trainer.eval_period``), and from its reported evaluation (``<run>/report`` when the budget
+has a larger validation split for it, else the run's own) ``eval.json`` (AP, APs, APm, APl) and
 ``detections_val.json`` (the bootstrap of :mod:`msadkit.analysis.bootstrap_ap`). The statistics
 are :mod:`msadkit.analysis.statistics`': differences paired by seed, their mean, sample std, 95 %
 t-interval and p-value, Holm-corrected over the methods of a track.
@@ -98,7 +99,7 @@ class RunResult:
     Attributes:
         model, kind, seed: as planned (:class:`~msadkit.compare.plan.PlannedRun`).
         run_dir: its folder.
-        metrics: ``eval.json`` (AP, AP50, AP75, APs, APm, APl; NaN where undefined).
+        metrics: the reported evaluation's ``eval.json`` (AP, AP50, AP75, APs, APm, APl; NaN where undefined).
         iterations: ``solver.max_iter`` of its config.
         ap_se: the bootstrap evaluation SE of its AP (None: no ``detections_val.json``).
         plateau: its plateau mark.
@@ -128,31 +129,40 @@ def _validation_rows(run_dir: Path) -> list[dict[str, Any]]:
     return [row for row in rows if isinstance(row, dict) and VALIDATION_KEY in row and "iter" in row]
 
 
+def _eval_metrics(folder: Path) -> dict[str, float] | None:
+    """The numbers of ``folder/eval.json``; None when there is none."""
+    path = folder / EVAL_NAME
+    if not path.is_file():
+        return None
+    try:
+        return {key: float(value) for key, value in json.loads(path.read_text()).items()
+                if isinstance(value, (int, float))}
+    except ValueError as exc:
+        raise MsadkitError(f"{path} is not valid JSON: {exc}") from None
+
+
 def read_run(planned: PlannedRun, *, bootstrap_samples: int = 200) -> RunResult | None:
-    """The result of a planned run, None while it has no ``eval.json``.
+    """The result of a planned run, None while its reported evaluation has no ``eval.json``.
 
     Args:
         planned: the run.
         bootstrap_samples: resamples of the validation images for the evaluation SE (0: none).
     """
-    run_dir = planned.run_dir
-    path = run_dir / EVAL_NAME
-    if not path.is_file():
+    run_dir, result_dir = planned.run_dir, planned.result_dir
+    metrics = _eval_metrics(result_dir)
+    own = metrics if result_dir == run_dir else _eval_metrics(run_dir)
+    if metrics is None or own is None:
         return None
-    try:
-        metrics = {key: float(value) for key, value in json.loads(path.read_text()).items()
-                   if isinstance(value, (int, float))}
-    except ValueError as exc:
-        raise MsadkitError(f"{path} is not valid JSON: {exc}") from None
     config = read_run_config(run_dir)
     iterations = int(config["solver"]["max_iter"])
     se = None
     if bootstrap_samples >= 2:
         try:
-            se = cached_bootstrap(run_dir, bootstrap_samples).metrics["AP"][1]
+            se = cached_bootstrap(result_dir, bootstrap_samples).metrics["AP"][1]
         except MsadkitError:
             se = None  # a run evaluated before detections were kept: its SE is unknown, not an error
-    plateau = plateau_of(_validation_rows(run_dir), iterations, final_ap=metrics.get("AP"))
+    # The plateau compares validations on one split: the training-time one, at 3/4 and at the end.
+    plateau = plateau_of(_validation_rows(run_dir), iterations, final_ap=own.get("AP"))
     return RunResult(planned.model, planned.kind, planned.seed, run_dir, metrics, iterations, se, plateau,
                      _trained_scale(config) if planned.kind == METHOD else None)
 

@@ -194,7 +194,7 @@ def planned_runs(request: ComparisonRequest) -> dict[str, list[PlannedRun]]:
     return {
         track.name: comparison_runs(request.out, track, request.methods[track.name], request.seeds,
                                     request.budgets[track.name], scales=_scales(request, track),
-                                    overrides=request.overrides)
+                                    overrides=request.overrides, bootstrap_samples=request.bootstrap_samples)
         for track in request.tracks
     }
 
@@ -277,7 +277,8 @@ def run_tuning(
         track name -> its ``tuning.json``, and the jobs that did not finish.
     """
     runs = {track.name: tuning_runs(request.out, track, request.methods[track.name], request.tuning_seed,
-                                    request.budgets[track.name], overrides=request.overrides)
+                                    request.budgets[track.name], overrides=request.overrides,
+                                    bootstrap_samples=request.bootstrap_samples)
             for track in request.tracks}
     failed = _run_plan(request, runs, progress)
     paths = {track.name: write_tuning(track_dir(request.out, track), tuning_record(runs[track.name],

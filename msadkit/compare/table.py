@@ -192,12 +192,17 @@ def notes(table: ComparisonTable) -> list[str]:
         "teacher-init ablation are references a method must beat, outside the family). Δ vs control: the same "
         "paired difference against the step-matched control of the same seed (trained as many iterations as "
         "teacher and student together), one comparison per method.",
-        f"eval SE: bootstrap standard error of a run's AP over its {budget.num_val} validation images "
+        f"AP, APs/APm/APl: each run's final weights on {budget.reported_val} validation images"
+        + (f" (evaluated after training; its first {budget.num_val} are the validation split of the plateau mark)"
+           if budget.num_report_val else "") + ". "
+        f"eval SE: bootstrap standard error of a run's AP over those {budget.reported_val} images "
         f"({table.bootstrap_samples} resamples), mean over seeds; '-' where a run kept no detections.",
-        f"†: validation AP rose by {PLATEAU_GAIN:g} AP or more over the last quarter of the run (not at its plateau); "
+        f"†: validation AP ({budget.num_val} images) rose by {PLATEAU_GAIN:g} AP or more over the last quarter of "
+        "the run (not at its plateau); "
         "?: no validation at 3/4 and at the end; plateaued: runs below that gain / finished runs.",
         *_tuning_notes(table),
-        f"Budget: {budget.image_size} px synthetic images ({budget.num_train} train, {budget.num_val} val), batch "
+        f"Budget: {budget.image_size} px synthetic images ({budget.num_train} train, {budget.num_val} val during "
+        f"training, {budget.reported_val} for the reported AP), batch "
         f"{budget.batch_size}; students and baseline {budget.iterations} iterations, teachers "
         f"{budget.teacher_iterations}, step-matched control {budget.control_iterations} (teacher + student); "
         f"backbones from `msadkit pretrain` (width {', '.join(f'{w:g}' for w in track.widths())}).",

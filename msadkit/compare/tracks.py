@@ -50,6 +50,9 @@ class Budget:
             ``teacher_iterations + iterations``.
         batch_size: images per step.
         pretrain: extra arguments of ``msadkit pretrain`` (empty: its defaults).
+        num_report_val: validation images of the evaluation the table reports, made after training
+            by ``msadkit evaluate`` into ``<run>/report`` (its first ``num_val`` images are the
+            validation split seen during training); 0: the run's own final evaluation on ``num_val``.
     """
 
     image_size: int
@@ -59,6 +62,12 @@ class Budget:
     teacher_iterations: int
     batch_size: int = 8
     pretrain: tuple[str, ...] = ()
+    num_report_val: int = 0
+
+    @property
+    def reported_val(self) -> int:
+        """The validation images behind the reported AP."""
+        return self.num_report_val or self.num_val
 
     @property
     def control_iterations(self) -> int:
@@ -71,6 +80,9 @@ class Budget:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive whole number, got {value!r}")
+        value = self.num_report_val
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"--num-report-val must be a whole number >= 0, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -160,9 +172,10 @@ SAME_RESOLUTION = Track(
     multi_scale=True,
     methods=("msad_feature", "adl", "gid", "fitnet", "cwd", "pkd", "mgd", "fgd", "crosskd", "gid+msad_feature"),
     quick_methods=("adl", "gid+msad_feature"),
-    budget=Budget(image_size=128, num_train=256, num_val=128, iterations=150, teacher_iterations=300),
+    budget=Budget(image_size=128, num_train=256, num_val=128, iterations=150, teacher_iterations=300,
+                  num_report_val=512),
     quick_budget=Budget(image_size=64, num_train=8, num_val=4, iterations=4, teacher_iterations=4, batch_size=2,
-                        pretrain=QUICK_PRETRAIN),
+                        pretrain=QUICK_PRETRAIN, num_report_val=6),
     # The MSAD demo's slim FPN and head (32 channels, 2 tower convs) on both tracks: the head costs
     # more than the width-0.25 backbone at these sizes, and one head keeps the tracks alike.
     model_overrides=("model.fpn.out_channels=32", "model.fcos.num_convs=2"),
@@ -183,9 +196,10 @@ CROSS_RESOLUTION = Track(
     multi_scale=False,
     methods=("msad_feature@msad", "msad_feature", "adl", "gid", "fitnet", "cwd", "pkd", "mgd", "fgd", "crosskd"),
     quick_methods=("msad_feature@msad", "gid"),
-    budget=Budget(image_size=256, num_train=256, num_val=64, iterations=150, teacher_iterations=300),
+    budget=Budget(image_size=256, num_train=256, num_val=64, iterations=150, teacher_iterations=300,
+                  num_report_val=640),
     quick_budget=Budget(image_size=64, num_train=8, num_val=4, iterations=4, teacher_iterations=4, batch_size=2,
-                        pretrain=QUICK_PRETRAIN),
+                        pretrain=QUICK_PRETRAIN, num_report_val=6),
 )
 
 TRACKS: dict[str, Track] = {track.name: track for track in (SAME_RESOLUTION, CROSS_RESOLUTION)}

@@ -2,7 +2,8 @@
 
 Every method trains on the tuning seed (never a reported seed) at its official weight and at 0.25x
 and 4x of it (:data:`~msadkit.compare.methods.WEIGHT_SCALES`); the weight whose run reaches the
-highest final validation AP is chosen (a tie keeps the earlier candidate, the official weight
+highest final validation AP (its reported evaluation's, on the larger split where the budget has
+one) is chosen (a tie keeps the earlier candidate, the official weight
 first). ``<out>/<track>/tuning.json`` records every candidate's AP and the choice; the reported
 runs of that track then train with the chosen weight, and the table's notes say which.
 """
@@ -47,7 +48,7 @@ def tuning_record(runs: Sequence[PlannedRun], tuning_seed: int) -> dict[str, Any
         if run.kind != METHOD:
             continue
         entry = methods.setdefault(run.model, {"candidates": []})
-        entry["candidates"].append({"scale": run.scale, "AP": _final_ap(run.run_dir), "run": str(run.run_dir)})
+        entry["candidates"].append({"scale": run.scale, "AP": _final_ap(run.result_dir), "run": str(run.run_dir)})
     for entry in methods.values():
         entry["chosen_scale"] = choose_scale({c["scale"]: c["AP"] for c in entry["candidates"]})
     return {"tuning_seed": tuning_seed, "rule": "highest final validation AP on the tuning seed", "methods": methods}

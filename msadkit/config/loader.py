@@ -22,6 +22,7 @@ __all__ = [
     "parse_override",
     "dump_config",
     "merge_into_config",
+    "merge_override_strings",
     "complete_config",
     "parse_number",
 ]
@@ -254,6 +255,15 @@ def merge_into_config(config: dict[str, Any], update: dict[str, Any], source: st
     leaves the other ``model.msad`` keys alone).
     """
     _merge(config, update, DEFAULTS, source)
+    return config
+
+
+def merge_override_strings(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` strings to a resolved ``config`` in place, each checked like a
+    :func:`load_config` override (the error names the override)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        _merge(config, _nest(path, value), DEFAULTS, f"override '{text}'")
     return config
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from msadkit.config.loader import complete_config, merge_into_config
+from msadkit.config.loader import complete_config, merge_into_config, merge_override_strings
 from msadkit.errors import CheckpointError, ConfigError
 from msadkit.modeling.registry import build_model
 from msadkit.utils.checkpoint import load_checkpoint_file, load_state_dict_strict
@@ -96,6 +96,7 @@ def load_run_model(
     *,
     weights: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
+    settings: Sequence[str] = (),
     device: str | torch.device = "cpu",
     argument: str = "distill.teacher",
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -110,6 +111,7 @@ def load_run_model(
             another run, a Lightning ``.ckpt``).
         overrides: nested config values to change, checked like config keys (e.g.
             ``{"model": {"msad": {"eval_branch": "high"}}}``).
+        settings: ``dotted.key=value`` strings applied after ``overrides``, checked the same way.
         device: where to put the model: ``auto`` (a GPU when present), ``cpu``, ``cuda[:N]`` or a device.
         argument: the key or parameter that named ``source``, for error messages.
 
@@ -121,6 +123,7 @@ def load_run_model(
     """
     config, state, weights_path = read_run_checkpoint(source, argument=argument, require_weights=weights is None)
     merge_into_config(config, overrides or {}, "overrides")
+    merge_override_strings(config, settings)
     config["model"]["backbone"]["weights"] = None
     model = build_model(config)
     if weights is not None:

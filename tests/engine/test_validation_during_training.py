@@ -228,3 +228,44 @@ def test_missing_fast_eval_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(MsadkitError, match=r"pip install msadkit\[fast-eval\]"):
         train(config)
     assert not run.exists()
+
+
+def test_evaluate_on_a_larger_split_writes_an_evaluation_folder(trained_run, tmp_path, capsys):
+    """`msadkit evaluate RUN data.synthetic.num_val=N --output-dir D`: the run's weights on N validation
+    images, in a folder that reads like a run folder; the run's own eval.json stays its own."""
+    own = json.loads((trained_run / "eval.json").read_text())
+    same = tmp_path / "same_split"
+    # The run's own split, written elsewhere: the very numbers of its own evaluation.
+    assert main(["evaluate", str(trained_run), "data.synthetic.num_val=4", "--output-dir", str(same)]) == 0
+    assert all(same_metric(json.loads((same / "eval.json").read_text())[key], value) for key, value in own.items())
+
+    larger = tmp_path / "larger"
+    assert main(["evaluate", str(trained_run), "data.synthetic.num_val=12", "--output-dir", str(larger),
+                 "--bootstrap", "20"]) == 0
+    assert "evaluation SE" in capsys.readouterr().out
+    config = load_config(larger / "config.yaml")
+    assert config["data"]["synthetic"]["num_val"] == 12
+    detections = json.loads((larger / "detections_val.json").read_text())
+    assert max(entry["image_id"] for entry in detections) > 4  # images beyond the training-time split
+    bootstrap = json.loads((larger / "bootstrap_ap.json").read_text())
+    assert bootstrap["num_images"] == 12 and bootstrap["num_samples"] == 20
+    assert bootstrap["metrics"]["AP"]["value"] == json.loads((larger / "eval.json").read_text())["AP"]
+    assert json.loads((trained_run / "eval.json").read_text()) == own
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["data.synthetic.num_val=12"], "needs an output folder (--output-dir)"),
+        (["data.synthetic.num_vall=12", "--output-dir", "{out}"], "unknown config key 'data.synthetic.num_vall'"),
+        (["--bootstrap", "1", "--output-dir", "{out}"], "--bootstrap must be at least 2"),
+        (["--bootstrap", "20", "--branch", "high"], "drop --branch and --weights"),
+    ],
+)
+def test_evaluate_refuses_bad_settings_before_writing(trained_run, tmp_path, capsys, arguments, message):
+    out = tmp_path / "evaluation"
+    own = (trained_run / "eval.json").read_text()
+    arguments = [item.replace("{out}", str(out)) for item in arguments]
+    assert main(["evaluate", str(trained_run), *arguments, "--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists() and (trained_run / "eval.json").read_text() == own

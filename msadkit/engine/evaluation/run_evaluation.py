@@ -6,7 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -14,6 +14,7 @@ from torch import nn
 from msadkit.data.build import build_dataset, build_loader
 from msadkit.engine.evaluation.coco_evaluation import coco_evaluate
 from msadkit.engine.inference.detect import evaluation_category_ids, predict_coco_results
+from msadkit.errors import ConfigError
 from msadkit.modeling.backbones.capacity import capacity_of
 from msadkit.modeling.image_batch import pixel_normalizer
 from msadkit.modeling.loading import load_run_model
@@ -23,6 +24,7 @@ from msadkit.utils.run_folder import (
     SUMMARY_NAME,
     summary_fields,
     write_json_atomic,
+    write_run_config,
     write_text_atomic,
 )
 
@@ -83,9 +85,11 @@ def evaluate_run(
     *,
     weights: str | os.PathLike | None = None,
     overrides: dict[str, Any] | None = None,
+    settings: Sequence[str] = (),
     device: str = "cpu",
     write: bool = True,
     name: str = EVAL_NAME,
+    output_dir: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Evaluate a run folder's final weights (or ``weights``) on its validation split.
 
@@ -94,13 +98,33 @@ def evaluate_run(
         weights: another checkpoint to evaluate instead of ``model_final.pth``.
         overrides: nested config values to change for the evaluation (checked like config keys),
             e.g. ``{"model": {"msad": {"eval_branch": "high"}}}``.
+        settings: ``dotted.key=value`` config changes for the evaluation, e.g.
+            ``data.synthetic.num_val=384`` (a larger validation split); they need ``output_dir``.
         device: where to run.
-        write: write ``run_dir/<name>`` (and ``summary.json`` when ``name`` is ``eval.json``).
+        write: write ``<name>`` (and ``summary.json`` when ``name`` is ``eval.json``).
         name: file name of the metrics, so another branch or checkpoint does not replace eval.json.
+        output_dir: where to write instead of ``run_dir``: an evaluation folder that reads like a run
+            folder (its ``config.yaml`` is the evaluated config, so the bootstrap of
+            :mod:`msadkit.analysis.bootstrap_ap` finds the same validation split there).
+
+    Raises:
+        ConfigError: ``settings`` without ``output_dir`` (the run's own ``eval.json`` would then
+            describe another evaluation than its config), or a bad setting.
     """
     run_dir = Path(run_dir)
-    model, config = load_run_model(run_dir, weights=weights, overrides=overrides, device=device, argument="run")
+    if settings and write and output_dir is None:
+        raise ConfigError(
+            f"evaluating {run_dir} with changed settings ({' '.join(settings)}) needs an output folder "
+            "(--output-dir), so that the run's own eval.json stays its own"
+        )
+    model, config = load_run_model(run_dir, weights=weights, overrides=overrides, settings=settings, device=device,
+                                   argument="run")
+    target = run_dir
+    if write and output_dir is not None:
+        target = Path(output_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        write_run_config(target, config)
     dataset = build_dataset(config, "val")
     return evaluate_model(
-        model, config, run_dir if write else None, dataset=dataset, device=next(model.parameters()).device, name=name
+        model, config, target if write else None, dataset=dataset, device=next(model.parameters()).device, name=name
     )
