@@ -4,11 +4,12 @@ cross-resolution where the teacher is plain, the tuning runs and the weights tun
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 
 from msadkit.compare import launch_order, make_request, planned_runs, pretrain_jobs, tuning_runs
-from msadkit.compare.plan import ABLATION, BASELINE, CONTROL, METHOD, TEACHER
+from msadkit.compare.plan import ABLATION, BASELINE, CONTROL, METHOD, REPORT_DIR, TEACHER, jobs_of
 from msadkit.compare.tuning import TUNING_NAME, choose_scale, write_tuning
 from msadkit.errors import ConfigError
 
@@ -54,6 +55,28 @@ def test_same_resolution_plan_trains_each_model_once_per_seed_from_one_start(tmp
     pretrain = pretrain_jobs(tmp_path, request.tracks, request.budgets)
     assert sorted(job.name for job in pretrain) == ["pretrain width 0.25", "pretrain width 0.5"]
     assert all("pretrain width 0.25" in by[(m, 0)].job.needs for m in ("baseline", "control", "adl"))
+
+
+def test_every_run_is_evaluated_after_training_on_the_larger_split_with_its_bootstrap(tmp_path):
+    request = make_request("cross-resolution", methods=["gid"], seeds=[0, 1], out=tmp_path, bootstrap_samples=50)
+    budget = request.budgets["cross-resolution"]
+    assert (budget.num_val, budget.num_report_val, budget.reported_val) == (64, 640, 640)
+    runs = planned_runs(request)["cross-resolution"]
+    plan = jobs_of([], runs)
+    position = {job.name: k for k, job in enumerate(plan)}
+    for run in runs:
+        report = run.report
+        assert report is not None and run.result_dir == run.run_dir / REPORT_DIR == report.run_dir
+        # After its own run, before the next run: the evaluation starts as soon as its run is done.
+        assert report.needs == (run.job.name,) and position[report.name] == position[run.job.name] + 1
+        assert report.command[3:] == ("evaluate", str(run.run_dir), "data.synthetic.num_val=640", "--output-dir",
+                                      str(run.result_dir), "--device", "cpu", "--bootstrap", "50")
+        # Training itself still validates on the 64-image split (the plateau mark's).
+        assert run.job.config["data"]["synthetic"]["num_val"] == 64
+    without = replace(request, budgets={"cross-resolution": replace(budget, num_report_val=0)})
+    assert all(run.report is None and run.result_dir == run.run_dir for run in planned_runs(without)["cross-resolution"])
+    with pytest.raises(ConfigError, match="--num-report-val must be a whole number >= 0, got -1"):
+        replace(budget, num_report_val=-1).check()
 
 
 def test_cross_resolution_plan_pairs_plain_teachers_across_resolutions_and_msad_from_its_teacher(tmp_path):
