@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import add_common_arguments, interleaved_times, median_ms, print_header, ratio_summary, timed_rounds
+from benchmarks.common import (
+    add_common_arguments,
+    interleaved_times,
+    median_ms,
+    ratio_summary,
+    start_benchmark,
+    timed_rounds,
+)
 from msadkit.engine.evaluation.coco_evaluation import AP_KEYS, coco_evaluate
 
 IMAGE_WIDTH, IMAGE_HEIGHT = 640, 480
@@ -114,7 +121,7 @@ def main() -> None:
     if args.quick:
         args.images, args.detections = 50, 20
     rounds = timed_rounds(args, 3)
-    print_header("COCO evaluation: faster-coco-eval / pycocotools")
+    start_benchmark("COCO evaluation: faster-coco-eval / pycocotools", args.threads)
     versions = {"pycocotools": importlib.metadata.version("pycocotools")}
     have_faster = importlib.util.find_spec("faster_coco_eval") is not None
     if have_faster:

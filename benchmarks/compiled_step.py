@@ -23,6 +23,7 @@ from benchmarks.common import (
     ratio_summary,
     start_benchmark,
     synthetic_boxes,
+    timed_rounds,
 )
 from msadkit.config import load_config
 from msadkit.engine.train.compile import compile_trained_model
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="square input side (a multiple of 256 for msad_teacher)")
     args = parser.parse_args()
     batch, size = (1, 256) if args.quick else (args.batch, args.size)
-    rounds = 2 if args.quick else (args.rounds or 7)
+    rounds = timed_rounds(args, 7)
     start_benchmark(f"training step on CPU: eager vs torch.compile ({args.arch}, demo config, {batch} x 3 x {size} x {size})",
                     args.threads)
 

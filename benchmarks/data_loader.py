@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from benchmarks.common import add_common_arguments, interleaved_times, markdown_table, start_benchmark
+from benchmarks.common import add_common_arguments, interleaved_times, markdown_table, start_benchmark, timed_rounds
 from msadkit.data import CocoDetectionDataset, build_transforms
 
 # The most frequent COCO train2017 resolutions (w, h); most images have a 640-pixel long side.
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=48, help="images generated and loaded per round")
     args = parser.parse_args()
     count = 6 if args.quick else args.images
-    rounds = 2 if args.quick else (args.rounds or 5)
+    rounds = timed_rounds(args, 5)
     start_benchmark("data loader: images/s per worker at COCO sizes (uint8 path vs torchvision v2)",
                     1 if args.threads is None else args.threads)
 

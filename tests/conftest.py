@@ -1,9 +1,8 @@
 """Shared test settings."""
 
-import importlib.util
+import importlib
 import logging
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -71,17 +70,6 @@ def tiny_overrides():
     return tiny_training_overrides
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
 def load_benchmark_script(name: str):
-    """The module ``benchmarks/<name>.py``, imported the way the script runs (its folder on
-    ``sys.path`` while it loads, so ``from common import ...`` resolves)."""
-    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return module
+    """The module ``benchmarks/<name>.py``, imported as ``python -m benchmarks.<name>`` imports it."""
+    return importlib.import_module(f"benchmarks.{name}")
