@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,10 @@ from msadkit.cli import main
 def _rows(path):
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def _report(row):
+    return Path(row["run"]) / "report"
 
 
 def _job_config(run_dir):
@@ -47,6 +52,14 @@ def test_quick_cross_resolution_comparison_trains_tabulates_and_reuses(tmp_path,
     for name in ("comparison.md", "comparison.tex", "comparison.png"):
         assert (track / name).stat().st_size > 0
 
+    # Every run's reported AP is its final weights on the larger split (6 images; 4 while training),
+    # evaluated after training with the bootstrap behind its SE.
+    for row in runs:
+        report = json.loads((_report(row) / "bootstrap_ap.json").read_text())
+        assert report["num_images"] == 6 and report["num_samples"] == 200
+        assert float(row["AP"]) == pytest.approx(json.loads((_report(row) / "eval.json").read_text())["AP"], abs=1e-9)
+    assert _job_config(track / "seed0" / "gid")["data"]["synthetic"]["num_val"] == 4
+
     # One seed, one start: every student of seed 1 has trainer.seed 1 and the same backbone file.
     students = [_job_config(track / "seed1" / model) for model in ("baseline", "control", "msad_feature@msad", "gid")]
     assert {config["trainer"]["seed"] for config in students} == {1}
@@ -55,9 +68,10 @@ def test_quick_cross_resolution_comparison_trains_tabulates_and_reuses(tmp_path,
 
     # Again: every run is reused, nothing trains.
     final = track / "seed0" / "gid" / "model_final.pth"
-    before = final.stat().st_mtime_ns
+    evaluation = track / "seed0" / "gid" / "report" / "eval.json"
+    before, evaluated = final.stat().st_mtime_ns, evaluation.stat().st_mtime_ns
     assert main(command) == 0
-    assert final.stat().st_mtime_ns == before
+    assert final.stat().st_mtime_ns == before and evaluation.stat().st_mtime_ns == evaluated
     capsys.readouterr()
     # Other settings for the same folders: refused before anything runs, naming what differs.
     assert main([*command, "--iterations", "5"]) == 2
