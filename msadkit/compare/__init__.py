@@ -45,15 +45,17 @@ run has about 100 s of one core on average.
   teachers still gained 4-6 AP over their last quarter); the table marks every such run rather than
   the budget hiding it.
 - Time: CPU time of one-thread 200- and 300-iteration runs on a 2-core AMD EPYC at load average
-  about 2 (two runs at a time): per iteration a width-0.25 student 0.20-0.22 s, a method's student 0.3-0.5 s
-  (the teacher's forward pass and the term), the width-0.5 FCOS teacher 0.52 s, the high-resolution
-  FCOS teacher 0.48 s, the MSAD teacher 0.83 s; about 10 s per run of start-up and evaluation. That
-  makes 11,400 s of one core, 95 minutes at two runs at a time, plus the pretraining (a few minutes,
-  cached after the first comparison) and the bootstrap of the runs (about 3 minutes): about 100
-  minutes. Measured (benchmarks/RESULTS.md, "Method comparison"): 140 runs (the teacher-init
-  ablation added) in 124 minutes of wall time on a machine shared with other work for its first
-  45 minutes; a method run 72 s, a control 100 s, a baseline 40 s at load 2. Tuning (``--tune``,
-  3 weights x 20 methods and the tuning seed's teachers) is another estimated 35-40 minutes.
+  about 2 (two runs at a time): per iteration a width-0.25 student 0.20-0.22 s, a method's student
+  0.3-0.5 s (the teacher's forward pass and the term), the width-0.5 FCOS teacher 0.52 s, the
+  high-resolution FCOS teacher 0.48 s, the MSAD teacher 0.83 s; about 10 s per run of start-up and
+  its own evaluations. That makes 11,400 s of one core, 95 minutes at two runs at a time, plus the
+  pretraining (a few minutes, cached after the first comparison). The reported evaluations on the
+  larger splits add a median 18 s (128 px) and 23 s (256 px) of one core per run with their
+  bootstrap, about 25 minutes for 140 runs at two at a time: about 125 minutes in all. Measured
+  (benchmarks/RESULTS.md, "Method comparison"): 140 runs in 124 minutes of wall time on a machine
+  shared with other work for its first 45 minutes, about 98 at the idle machine's rates (a method
+  run 72 s, a control 100 s, a baseline 40 s); tuning (``--tune``: 3 weights x 20 methods and the
+  tuning seed's teachers) 36 minutes of training and 11 of evaluation.
 
 ``--quick`` runs the whole path (two methods per track, seeds 0 and 1, 64-pixel images, 8 training
 images, 4 iterations, a seconds-long pretraining) in a few minutes; its numbers mean nothing.
