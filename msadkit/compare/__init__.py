@@ -33,9 +33,9 @@ run has about 100 s of one core on average.
   plateau mark); after training every run's final weights are evaluated on 512 images (128 px) and
   640 (256 px) with ``msadkit evaluate`` into ``<run>/report``, with the bootstrap: the AP the
   table reports. On the first splits a run's bootstrap evaluation SE measured a median 0.76 AP
-  (128 px) and 1.00 AP (256 px), up to 1.3 and 2.0, and an SE falls as 1/sqrt(images); the larger
-  splits bring the median to about 0.4 and 0.35 AP for about 15 s (128 px) to 40 s (256 px) of one
-  core per run.
+  (128 px) and 1.00 AP (256 px), up to 1.3 and 2.0, and an SE falls as 1/sqrt(images); on the
+  larger splits it measured a median 0.36 and 0.31 AP, up to 0.64 and 0.58 (the highest-AP runs,
+  the teachers and controls), for a median 17 s (128 px) and 23 s (256 px) of one core per run.
 - Model: slimmable ResNet-50 at width 0.25 (0.5 for the same-resolution teacher) with the MSAD
   demo's slim FPN and head (32 channels, 2 tower convs) on both tracks; FCOS throughout.
 - Schedule: batch 8, LR 0.03 from the ``msadkit pretrain`` backbone; students, baselines and
