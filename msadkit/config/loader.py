@@ -235,11 +235,10 @@ def load_config(name: str | Path | None = None, overrides: Iterable[str] = ()) -
     if name is not None:
         for path, data in _load_file_chain(resolve_config_path(name)):
             _merge(config, data, DEFAULTS, str(path))
-    file_max_iter, labelled = config["solver"]["max_iter"], False
-    for text in overrides:
-        path, value = parse_override(text)
-        _merge(config, _nest(path, value), DEFAULTS, f"override '{text}'")
-        labelled = labelled or path == ["schedule"]
+    file_max_iter = config["solver"]["max_iter"]
+    overrides = list(overrides)
+    merge_override_strings(config, overrides)
+    labelled = any(parse_override(text)[0] == ["schedule"] for text in overrides)
     # A run shortened (or lengthened) on the command line is not the file's schedule; an explicit
     # schedule=... override still wins.
     if config["solver"]["max_iter"] != file_max_iter and not labelled:
